@@ -1,0 +1,98 @@
+"""``fer-batch``: label facial emotions in image folders and videos (``fer-batch label --help``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fer_batch.detect import DETECTORS
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line and status 2, like every other usage error
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in 0..1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fer-batch", description="Facial emotion recognition for image folders and videos, "
+                                                   "offline (RetinaFace + a FER-2013 CNN in onnxruntime).")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    label = commands.add_parser(
+        "label", help="label images and videos into a CSV",
+        description="Detect every face in every image and video frame, classify its emotion, and write one CSV "
+                    "row per face (see the README for the columns). Bad files become error rows; the run goes on.")
+    label.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, video files or folders (recursive)")
+    label.add_argument("-o", "--output", required=True, metavar="OUT.csv", help="the CSV to write")
+    label.add_argument("--detector", choices=DETECTORS, default="retinaface",
+                       help="retinaface (default): accurate, with landmarks; haar: OpenCV's cascade; none: each "
+                            "image is one pre-cropped face")
+    label.add_argument("--model", help="an emotion ONNX model with fer-batch metadata (default: the bundled one)")
+    label.add_argument("--no-align", dest="align", action="store_false",
+                       help="crop by the box only, without levelling the eyes on the landmarks")
+    label.add_argument("--every", type=_positive_int, default=1, metavar="N",
+                       help="analyse every Nth video frame (default 1: all)")
+    label.add_argument("--min-face", type=float, default=20.0, metavar="PX",
+                       help="ignore faces smaller than PX pixels (default 20)")
+    label.add_argument("--face-threshold", type=_probability, default=0.8, metavar="P",
+                       help="RetinaFace score needed to accept a face (default 0.8)")
+    label.add_argument("--detect-size", type=_positive_int, default=640, metavar="PX",
+                       help="shrink images to this long side for detection (default 640; raise it for small "
+                            "faces in big photos)")
+    label.add_argument("--threads", type=int, default=0, metavar="N",
+                       help="onnxruntime threads per model (default 0: all cores)")
+    label.add_argument("--batch", type=_positive_int, default=8, metavar="N",
+                       help="items per model call (default 8)")
+    label.add_argument("--resume", action="store_true", help="finish an interrupted run into the same OUT.csv")
+    label.add_argument("--force", action="store_true", help="overwrite an existing OUT.csv")
+    label.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return _label(args)
+
+
+def _label(args) -> int:
+    from fer_batch.onnx import ModelError
+    from fer_batch.runner import LabelConfig, UsageError, label_files
+    from fer_batch.writer import OutputError
+
+    if args.resume and args.force:
+        print("fer-batch: error: --resume and --force contradict each other; pick one", file=sys.stderr)
+        return 2
+    config = LabelConfig(model=args.model, detector=args.detector, align=args.align, every=args.every,
+                         min_face=args.min_face, face_threshold=args.face_threshold, detect_size=args.detect_size,
+                         threads=args.threads, batch=args.batch, resume=args.resume, force=args.force,
+                         progress=not args.quiet)
+    try:
+        summary = label_files(args.inputs, args.output, config)
+    except (UsageError, OutputError, ModelError) as error:
+        print(f"fer-batch: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nfer-batch: interrupted; {args.output} holds every finished item. Run the same command with "
+              f"--resume to finish.", file=sys.stderr)
+        return 130
+    if not args.quiet:
+        print(f"fer-batch: {summary.format()} -> {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

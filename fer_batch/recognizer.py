@@ -1,0 +1,91 @@
+"""EmotionRecognizer: detect faces, crop them FER-style, classify their emotion - for one image or a batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fer_batch.classify import EmotionClassifier
+from fer_batch.crop import crop_face, to_grey
+from fer_batch.detect import Detections, HaarDetector, make_detector
+from fer_batch.labels import EMOTIONS
+
+
+@dataclass
+class Face:
+    """One face: box (x, y, w, h) in the image's pixels, five landmarks (NaN without), detector score,
+    probabilities of the seven emotions in FER order, and the top label with its probability."""
+
+    box: tuple[float, float, float, float]
+    landmarks: np.ndarray
+    score: float
+    probabilities: np.ndarray
+
+    @property
+    def label(self) -> str:
+        return EMOTIONS[int(np.argmax(self.probabilities))]
+
+    @property
+    def confidence(self) -> float:
+        return float(np.max(self.probabilities))
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(zip(EMOTIONS, (float(p) for p in self.probabilities)))
+
+
+class EmotionRecognizer:
+    """Face detection + FER-2013 emotion classification, all in onnxruntime.
+
+    >>> recognizer = EmotionRecognizer()            # bundled model, RetinaFace
+    >>> faces = recognizer.predict(cv2.imread("photo.jpg"))
+    >>> [(f.label, round(f.confidence, 2), f.box) for f in faces]
+    """
+
+    def __init__(self, model: str | Path | None = None, detector: str = "retinaface", align: bool = True,
+                 face_threshold: float = 0.8, min_face: float = 20.0, detect_size: int = 640, threads: int = 0,
+                 providers: list[str] | None = None):
+        self.classifier = EmotionClassifier(model, threads=threads, providers=providers)
+        self.detector = make_detector(detector, threshold=face_threshold, min_face=min_face, max_side=detect_size,
+                                      threads=threads, providers=providers)
+        self.align = align
+        self._haar = isinstance(self.detector, HaarDetector)
+
+    def predict(self, image_bgr: np.ndarray) -> list[Face]:
+        """Faces in one uint8 BGR (or grey) image, left to right."""
+        return self.predict_batch([image_bgr])[0]
+
+    def predict_batch(self, images_bgr: list[np.ndarray]) -> list[list[Face]]:
+        """Faces for several images: detection batched by image size, all crops classified in one call."""
+        images_bgr = [_as_bgr(image) for image in images_bgr]
+        detections = self.detector.detect_batch(images_bgr)
+        crops = [self.crops(image, found) for image, found in zip(images_bgr, detections)]
+        probabilities = self.classifier.predict(np.concatenate(crops) if crops else np.zeros((0, 48, 48), np.uint8))
+        results, start = [], 0
+        for found in detections:
+            results.append(self.faces(found, probabilities[start:start + len(found)]))
+            start += len(found)
+        return results
+
+    def crops(self, image_bgr: np.ndarray, found: Detections) -> np.ndarray:
+        """(N, 48, 48) uint8 crops of the detected faces."""
+        if len(found) == 0:
+            return np.zeros((0, self.classifier.height, self.classifier.width), np.uint8)
+        grey = to_grey(image_bgr)
+        return np.stack([crop_face(grey, box, points, align=self.align, haar=self._haar)
+                         for box, points in zip(found.boxes, found.landmarks)])
+
+    @staticmethod
+    def faces(found: Detections, probabilities: np.ndarray) -> list[Face]:
+        return [Face(box=(float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])), landmarks=points,
+                     score=float(score), probabilities=p)
+                for b, points, score, p in zip(found.boxes, found.landmarks, found.scores, probabilities)]
+
+
+def _as_bgr(image: np.ndarray) -> np.ndarray:
+    from fer_batch.sources import to_bgr8
+
+    if not isinstance(image, np.ndarray) or image.ndim not in (2, 3) or image.size == 0:
+        raise ValueError(f"expected an image array (H, W[, C]), got {getattr(image, 'shape', type(image))}")
+    return to_bgr8(image)

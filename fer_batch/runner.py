@@ -1,0 +1,260 @@
+"""A whole labelling job: inputs -> decode (background thread) -> detect + classify (batched) -> CSV rows.
+
+Decoding runs in a thread while onnxruntime works (OpenCV and onnxruntime both release the GIL); the frames of
+several items go through the detector and the classifier together. One bad file becomes an error row and the
+job goes on; rows are written item by item, so an interruption loses nothing that was written.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fer_batch.recognizer import EmotionRecognizer
+from fer_batch.sources import InputError, Source, discover, open_video, read_image, video_frames
+from fer_batch.writer import CsvSink, Row
+
+
+class UsageError(Exception):
+    """Bad arguments: a missing input, nothing to label, and the like (exit status 2)."""
+
+
+@dataclass
+class LabelConfig:
+    model: str | None = None  # None: the bundled models/emotion.onnx
+    detector: str = "retinaface"
+    align: bool = True
+    every: int = 1  # analyse every Nth video frame
+    min_face: float = 20.0  # px, in the original image
+    face_threshold: float = 0.8
+    detect_size: int = 640  # the detector sees images shrunk to this long side
+    threads: int = 0  # onnxruntime threads per session; 0 = all cores
+    providers: list[str] | None = None
+    resume: bool = False
+    force: bool = False
+    progress: bool = True
+    batch: int = 8  # items per detector/classifier call
+    prefetch: int = 16  # decoded items waiting for the models
+
+
+@dataclass
+class RunSummary:
+    items: int = 0
+    faces: int = 0
+    no_face: int = 0
+    errors: int = 0
+    skipped: int = 0  # already in the CSV (--resume)
+    elapsed: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def items_per_second(self) -> float:
+        return self.items / self.elapsed if self.elapsed > 0 else 0.0
+
+    def format(self) -> str:
+        text = (f"{self.items} items, {self.faces} faces, {self.no_face} with no face, {self.errors} errors, "
+                f"{self.elapsed:.1f} s, {self.items_per_second:.1f} items/s")
+        return text + (f" ({self.skipped} already done)" if self.skipped else "")
+
+
+@dataclass
+class Item:
+    source: Source
+    frame: int | None = None
+    time_s: float | None = None
+    image: np.ndarray | None = None
+    error: str = ""
+
+
+_DONE = object()
+
+
+def iter_items(sources: list[Source], every: int, done: set[tuple[str, str]], stop: threading.Event
+               ) -> Iterator[Item | None]:
+    """Decoded items in input order; None for an item skipped because the CSV has it already."""
+    for source in sources:
+        if stop.is_set():
+            return
+        if source.kind == "image":
+            if (source.name, "") in done:
+                yield None
+                continue
+            try:
+                yield Item(source, image=read_image(source.path))
+            except InputError as error:
+                yield Item(source, error=str(error))
+            continue
+        yield from _video_items(source, every, done, stop)
+
+
+def _video_items(source: Source, every: int, done: set[tuple[str, str]], stop: threading.Event) -> Iterator[Item | None]:
+    if (source.name, "") in done:  # the video failed to open last time: its error row is there
+        yield None
+        return
+    try:
+        capture, info = open_video(source.path)
+    except InputError as error:
+        yield Item(source, error=str(error))
+        return
+    skip = {int(frame) for name, frame in done if name == source.name and frame}
+    analysed = read = 0
+    try:
+        for index, frame in video_frames(capture, every, skip):
+            read = index + 1
+            if stop.is_set():
+                return
+            if frame is None:
+                yield None
+            else:
+                analysed += 1
+                yield Item(source, frame=index, time_s=index / info.fps, image=frame)
+    finally:
+        capture.release()
+    if analysed == 0 and not skip:
+        yield Item(source, error="video has no decodable frames")
+    elif info.frame_count and read < info.frame_count - max(2, info.frame_count // 100):
+        key = (source.name, str(read))
+        if key not in done:
+            yield Item(source, frame=read, time_s=read / info.fps,
+                       error=f"video ended early: decoded {read} of the {info.frame_count} frames its container "
+                             f"announces (truncated or corrupt)")
+
+
+def _producer(sources, every, done, out: queue.Queue, stop: threading.Event) -> None:
+    try:
+        for item in iter_items(sources, every, done, stop):
+            while not stop.is_set():
+                try:
+                    out.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+    except BaseException as error:  # hand unexpected failures to the main thread rather than dying silently
+        out.put(error)
+    finally:
+        out.put(_DONE)
+
+
+def rows_for(item: Item, faces) -> list[Row]:
+    """The CSV rows of one decoded item from its faces (an empty list of faces gives one no_face row)."""
+    base = dict(source=item.source.name, frame=item.frame, time_s=item.time_s)
+    if not faces:
+        return [Row(**base, status="no_face")]
+    return [Row(**base, face=i, box=face.box, face_score=face.score, probabilities=face.probabilities)
+            for i, face in enumerate(faces)]
+
+
+def label_files(inputs: list[str], output: str | Path, config: LabelConfig | None = None,
+                recognizer: EmotionRecognizer | None = None) -> RunSummary:
+    """Label every image and video frame under ``inputs`` into the CSV ``output``; returns the run's summary.
+
+    Raises UsageError (missing inputs, nothing to label), OutputError (output exists or is unwritable) and
+    ModelError (bad model) before any work starts; per-file problems become error rows instead.
+    """
+    from tqdm import tqdm
+
+    config = config or LabelConfig()
+    missing = [given for given in inputs if not Path(given).exists()]
+    if missing:
+        raise UsageError(f"no such file or folder: {', '.join(missing)}")
+    if config.every < 1:
+        raise UsageError("--every must be 1 or more")
+    sources, problems = discover(inputs)
+    if not sources and not problems:
+        raise UsageError(f"no images or videos found in {', '.join(inputs)}")
+    recognizer = recognizer or EmotionRecognizer(
+        config.model, detector=config.detector, align=config.align, face_threshold=config.face_threshold,
+        min_face=config.min_face, detect_size=config.detect_size, threads=config.threads, providers=config.providers)
+    summary = RunSummary()
+    started = time.perf_counter()
+    with CsvSink(output, resume=config.resume, force=config.force) as sink:
+        for problem in problems:
+            summary.problems.append(f"{problem.path}: {problem.message}")
+            if (problem.path, "") not in sink.done:
+                sink.write_item([Row(source=problem.path, status="error", error=problem.message)])
+                summary.errors += 1
+        total = sum(_planned_items(source, config.every) for source in sources)
+        progress = tqdm(total=total or None, unit="item", disable=not config.progress, file=sys.stderr,
+                        dynamic_ncols=True, smoothing=0.1)
+        items: queue.Queue = queue.Queue(maxsize=max(config.prefetch, config.batch))
+        stop = threading.Event()
+        decoder = threading.Thread(target=_producer, args=(sources, config.every, sink.done, items, stop),
+                                   name="fer-batch-decode", daemon=True)
+        decoder.start()
+        try:
+            _consume(items, recognizer, sink, summary, config.batch, progress)
+        finally:
+            stop.set()
+            progress.close()
+            decoder.join(timeout=5)
+    summary.elapsed = time.perf_counter() - started
+    return summary
+
+
+def _planned_items(source: Source, every: int) -> int:
+    from fer_batch.sources import count_frames
+
+    return 1 if source.kind == "image" else max(count_frames(source.path, every), 1)
+
+
+def _consume(items: queue.Queue, recognizer, sink: CsvSink, summary: RunSummary, batch: int, progress) -> None:
+    """Take decoded items in batches, run the models, write each item's rows in order."""
+    finished = False
+    while not finished:
+        pending: list[Item] = []
+        entry = items.get()
+        while True:
+            if entry is _DONE:
+                finished = True
+                break
+            if isinstance(entry, BaseException):
+                raise entry
+            if entry is None:
+                summary.skipped += 1
+                progress.update(1)
+            else:
+                pending.append(entry)
+            if len(pending) >= batch:
+                break
+            try:
+                entry = items.get_nowait()
+            except queue.Empty:
+                break
+        _process(pending, recognizer, sink, summary)
+        progress.update(len(pending))
+
+
+def _process(pending: list[Item], recognizer, sink: CsvSink, summary: RunSummary) -> None:
+    decoded = [item for item in pending if item.image is not None]
+    try:
+        results = recognizer.predict_batch([item.image for item in decoded])
+    except Exception:  # isolate the failing item: redo the batch one by one below
+        results = None
+    by_item = {}
+    for position, item in enumerate(decoded):
+        if results is not None:
+            by_item[id(item)] = results[position]
+            continue
+        try:
+            by_item[id(item)] = recognizer.predict(item.image)
+        except Exception as error:  # one bad item never stops the batch: it becomes an error row
+            item.error = f"analysis failed: {type(error).__name__}: {error}"
+    for item in pending:
+        if item.error:
+            rows = [Row(source=item.source.name, frame=item.frame, time_s=item.time_s, status="error",
+                        error=item.error)]
+            summary.errors += 1
+        else:
+            faces = by_item[id(item)]
+            rows = rows_for(item, faces)
+            summary.faces += len(faces)
+            summary.no_face += not faces
+        sink.write_item(rows)
+        summary.items += 1
