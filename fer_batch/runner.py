@@ -94,7 +94,8 @@ def iter_items(sources: list[Source], every: int, done: set[tuple[str, str]], st
         yield from _video_items(source, every, done, stop)
 
 
-def _video_items(source: Source, every: int, done: set[tuple[str, str]], stop: threading.Event) -> Iterator[Item | None]:
+def _video_items(source: Source, every: int, done: set[tuple[str, str]], stop: threading.Event
+                 ) -> Iterator[Item | None]:
     if (source.name, "") in done:  # the video failed to open last time: its error row is there
         yield None
         return

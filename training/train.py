@@ -218,7 +218,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
              policy, steps)
     if state["epochs_done"] < config.epochs:
         model.fit(train_data, validation_data=val_data, epochs=config.epochs, initial_epoch=state["epochs_done"],
-                  callbacks=[_make_run_callback(run, config, state)], verbose=1 if sys.stderr.isatty() else 2)
+                  callbacks=[_make_run_callback(run, config, state)], shuffle=False,
+                  verbose=1 if sys.stderr.isatty() else 2)
     state["finished"] = True
     _write_json(run / "state.json", state)
     log.info("done: best PublicTest accuracy %.4f at epoch %d; %s", state["best_val_accuracy"],

@@ -1,0 +1,214 @@
+"""fer-batch label, black-box: real faces, real videos written here, every kind of bad file, kill -9 + --resume."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+from conftest import ASTRONAUT_FACE, REPO, moving_face_frames, paste, read_csv, run_cli, write_video
+
+from fer_batch.labels import EMOTIONS
+from fer_batch.writer import COLUMNS
+
+
+def check_row(row: dict) -> None:
+    """Every row is well-formed: ok rows carry a box and seven probabilities that sum to 1."""
+    assert list(row) == list(COLUMNS)
+    if row["status"] == "ok":
+        probabilities = [float(row[e]) for e in EMOTIONS]
+        assert abs(sum(probabilities) - 1) < 1e-6
+        assert row["emotion"] == EMOTIONS[int(np.argmax(probabilities))]
+        assert float(row["confidence"]) == max(probabilities)
+        assert int(row["w"]) > 0 and int(row["h"]) > 0 and 0 < float(row["face_score"]) <= 1
+        assert row["error"] == ""
+    elif row["status"] == "no_face":
+        assert row["emotion"] == row["x"] == row["face"] == ""
+    else:
+        assert row["status"] == "error" and row["error"]
+
+
+def test_labels_the_astronaut_photo(astronaut_jpg, tmp_path):
+    out = tmp_path / "out.csv"
+    result = run_cli("label", str(astronaut_jpg), "-o", str(out), check=True)
+    assert "1 items, 1 faces, 0 with no face, 0 errors" in result.stderr
+    assert result.stdout == ""  # stdout stays clean for data
+    rows = read_csv(out)
+    assert len(rows) == 1
+    row = rows[0]
+    check_row(row)
+    assert row["source"] == str(astronaut_jpg) and row["frame"] == row["time_s"] == "" and row["face"] == "0"
+    x1, y1, x2, y2 = ASTRONAUT_FACE
+    assert abs(int(row["x"]) - x1) < 15 and abs(int(row["y"]) - y1) < 15
+    assert abs(int(row["x"]) + int(row["w"]) - x2) < 15 and abs(int(row["y"]) + int(row["h"]) - y2) < 15
+    # Eileen Collins smiles in this NASA portrait: the shipped model must see it.
+    assert row["emotion"] == "happy"
+
+
+def test_video_frames_timestamps_and_no_face_rows(face_video, tmp_path):
+    out = tmp_path / "video.csv"
+    run_cli("label", str(face_video), "-o", str(out), "--quiet", check=True)
+    rows = read_csv(out)
+    for row in rows:
+        check_row(row)
+    assert [int(r["frame"]) for r in rows] == list(range(30))  # one face or one no_face row per frame
+    for row in rows:
+        assert float(row["time_s"]) == pytest.approx(int(row["frame"]) / 25.0, abs=1e-3)
+    blank = {9, 19, 29}
+    assert {int(r["frame"]) for r in rows if r["status"] == "no_face"} == blank
+    assert all(r["status"] == "ok" for r in rows if int(r["frame"]) not in blank)
+    xs = [int(r["x"]) for r in rows if r["status"] == "ok"]
+    assert xs[-1] - xs[0] > 150  # the box follows the moving face
+
+    every = tmp_path / "every.csv"
+    run_cli("label", str(face_video), "-o", str(every), "--every", "4", "--quiet", check=True)
+    assert [int(r["frame"]) for r in read_csv(every)] == list(range(0, 30, 4))
+
+
+def test_every_bad_input_is_a_row_and_the_batch_goes_on(tmp_path, astronaut):
+    from PIL import Image
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    good = folder / "good.jpg"
+    cv2.imwrite(str(good), astronaut)
+    (folder / "zero.jpg").write_bytes(b"")
+    (folder / "truncated.jpg").write_bytes(good.read_bytes()[:2000])
+    (folder / "text.png").write_text("I am a text file with an image extension\n")
+    cv2.imwrite(str(folder / "tiny.png"), np.full((2, 2, 3), 128, np.uint8))
+    cv2.imwrite(str(folder / "alpha.png"), cv2.cvtColor(astronaut, cv2.COLOR_BGR2BGRA))
+    cv2.imwrite(str(folder / "depth16.png"), astronaut.astype(np.uint16) * 257)
+    cv2.imwrite(str(folder / "grey.png"), cv2.cvtColor(astronaut, cv2.COLOR_BGR2GRAY))
+    Image.fromarray(cv2.cvtColor(astronaut, cv2.COLOR_BGR2RGB)).convert("P").save(folder / "palette.png")
+    huge = np.full((6000, 8000, 3), 90, np.uint8)
+    paste(huge, cv2.resize(astronaut, (2048, 2048)), 3000, 1500)
+    cv2.imwrite(str(folder / "huge.jpg"), huge)
+    cv2.imwrite(str(folder / "ünïcödé 顔.jpg"), astronaut)
+    (folder / "zero.mp4").write_bytes(b"")
+    (folder / "text.mp4").write_text("not a video")
+    full = write_video(tmp_path / "full.avi", moving_face_frames(astronaut, 40, blank_every=0), fourcc="MJPG")
+    (folder / "ends_early.avi").write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+
+    out = tmp_path / "mixed.csv"
+    result = run_cli("label", str(folder), "-o", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    rows = read_csv(out)
+    for row in rows:
+        check_row(row)
+    by_name = {}
+    for row in rows:
+        by_name.setdefault(os.path.basename(row["source"]), []).append(row)
+
+    def only(name):
+        assert len(by_name[name]) == 1, by_name[name]
+        return by_name[name][0]
+
+    assert "empty file" in only("zero.jpg")["error"] and only("zero.jpg")["status"] == "error"
+    assert "not a decodable image" in only("truncated.jpg")["error"]
+    assert "not a decodable image" in only("text.png")["error"]
+    assert only("tiny.png")["status"] == "no_face"
+    for name in ("good.jpg", "alpha.png", "depth16.png", "grey.png", "palette.png", "huge.jpg", "ünïcödé 顔.jpg"):
+        assert only(name)["status"] == "ok", (name, only(name))
+    big = only("huge.jpg")
+    assert 3000 < int(big["x"]) < 3000 + 2048 and int(big["w"]) > 300  # box in the original's pixels
+    assert "empty file" in only("zero.mp4")["error"]
+    assert "cannot open video" in only("text.mp4")["error"]
+    early = by_name["ends_early.avi"]
+    assert early[-1]["status"] == "error" and "ended early" in early[-1]["error"]
+    assert sum(r["status"] == "ok" for r in early) >= 10
+
+
+def test_kill_9_then_resume_gives_the_uninterrupted_result(tmp_path, astronaut):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for index in range(40):
+        image = np.full((360, 480, 3), 20 + index, np.uint8)
+        paste(image, cv2.resize(astronaut, (300, 300)), 10 + 3 * index, 20)
+        cv2.imwrite(str(folder / f"img_{index:02d}.jpg"), image)
+    write_video(folder / "clip.mp4", moving_face_frames(astronaut, 40))
+    reference = tmp_path / "reference.csv"
+    run_cli("label", str(folder), "-o", str(reference), "--quiet", check=True)
+
+    out = tmp_path / "killed.csv"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, "-m", "fer_batch", "label", str(folder), "-o", str(out), "--quiet",
+                                "--threads", "1"], env=env, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not out.exists() or len(out.read_bytes().splitlines()) < 15):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    partial = read_csv(out)
+    assert 14 <= len(partial) < len(read_csv(reference)), "the kill must land mid-run"
+    assert out.read_bytes().endswith(b"\n")  # only whole items
+
+    result = run_cli("label", str(folder), "-o", str(out), "--quiet")
+    assert result.returncode == 2 and "--resume" in result.stderr  # never silently overwritten
+    run_cli("label", str(folder), "-o", str(out), "--quiet", "--resume", check=True)
+    resumed, expected = read_csv(out), read_csv(reference)
+    key = lambda r: (r["source"], r["frame"], r["face"])  # noqa: E731
+    assert len(resumed) == len(expected)
+    assert len({key(r) for r in resumed}) == len(resumed)  # no duplicates
+    assert sorted((key(r), r["emotion"], r["status"]) for r in resumed) == sorted(
+        (key(r), r["emotion"], r["status"]) for r in expected)
+
+
+def test_usage_errors_exit_2_with_one_line(tmp_path, astronaut_jpg):
+    out = tmp_path / "out.csv"
+    missing = run_cli("label", str(tmp_path / "nowhere"), "-o", str(out))
+    assert missing.returncode == 2 and "no such file or folder" in missing.stderr
+    unknown = run_cli("label", str(astronaut_jpg), "-o", str(out), "--frobnicate")
+    assert unknown.returncode == 2 and "unrecognized arguments: --frobnicate" in unknown.stderr
+    fake = tmp_path / "fake.onnx"
+    fake.write_text("not a model")
+    bad_model = run_cli("label", str(astronaut_jpg), "-o", str(out), "--model", str(fake))
+    assert bad_model.returncode == 2 and "not a loadable ONNX model" in bad_model.stderr
+    from retinaface.weights import WEIGHTS
+
+    foreign = tmp_path / "detector.onnx"
+    foreign.write_bytes(WEIGHTS)  # a valid ONNX model, but not an emotion model
+    wrong = run_cli("label", str(astronaut_jpg), "-o", str(out), "--model", str(foreign))
+    assert wrong.returncode == 2 and "not a fer-batch emotion model" in wrong.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    unwritable = run_cli("label", str(astronaut_jpg), "-o", str(blocker / "out.csv"))
+    assert unwritable.returncode == 2 and "cannot write" in unwritable.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nothing = run_cli("label", str(empty), "-o", str(out))
+    assert nothing.returncode == 2 and "no images or videos found" in nothing.stderr
+    for result in (missing, unknown, bad_model, wrong, unwritable, nothing):
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_detector_choices_and_pre_cropped_faces(tmp_path, astronaut, astronaut_jpg):
+    out = tmp_path / "haar.csv"
+    run_cli("label", str(astronaut_jpg), "-o", str(out), "--detector", "haar", "--quiet", check=True)
+    assert read_csv(out)[0]["status"] == "ok"
+    crop = tmp_path / "crop.png"
+    cv2.imwrite(str(crop), cv2.resize(cv2.cvtColor(astronaut[57:177, 170:280], cv2.COLOR_BGR2GRAY), (48, 48)))
+    out = tmp_path / "none.csv"
+    run_cli("label", str(crop), "-o", str(out), "--detector", "none", "--quiet", check=True)
+    row = read_csv(out)[0]
+    assert (row["x"], row["y"], row["w"], row["h"]) == ("0", "0", "48", "48") and row["status"] == "ok"
+
+
+def test_works_from_any_folder_with_the_bundled_model(tmp_path, astronaut_jpg):
+    shutil.copy(astronaut_jpg, tmp_path / "a.jpg")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-m", "fer_batch", "label", "a.jpg", "-o", "out.csv", "--quiet"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert read_csv(tmp_path / "out.csv")[0]["source"] == "a.jpg"
+
+
+def test_import_does_not_pull_in_tensorflow():
+    code = "import sys, fer_batch, fer_batch.cli, fer_batch.runner; print('tensorflow' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.stdout.strip() == "False", result.stderr
