@@ -38,6 +38,9 @@ def make_session(model: str | bytes, threads: int = 0, providers: list[str] | No
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle worker threads sleep instead of spinning: on a few cores, spinning steals the CPU from the decoding
+    # thread and slowed a 640x360 video run by a quarter (benchmarks/bench.py).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only: no warnings about unused initializers on every start
     try:
         return ort.InferenceSession(model, sess_options=options, providers=providers)

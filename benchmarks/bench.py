@@ -1,0 +1,152 @@
+"""Speed of fer-batch: images/s on a folder, fps on a video, classifier faces/s, and decode-only fps.
+
+    python benchmarks/bench.py                       # makes its own media from scikit-image's astronaut
+    python benchmarks/bench.py --video clip.mp4 --folder photos/   # or measure yours
+
+Without --video/--folder it writes, into a temporary folder, a 640x360 25 fps clip of 275 frames (two people,
+moving and changing size, with stretches of empty frames, like the `fer` anchor clip) and 100 photos
+(640x480 to 1600x1200, one to three faces). Each figure is the best of --repeat runs after a warm-up run, with
+models loaded beforehand (start-up is reported separately). Run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def _astronaut() -> np.ndarray:
+    from skimage import data
+
+    return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+
+
+def _paste(canvas: np.ndarray, image: np.ndarray, x: int, y: int) -> None:
+    height, width = min(image.shape[0], canvas.shape[0] - y), min(image.shape[1], canvas.shape[1] - x)
+    if height > 0 and width > 0:
+        canvas[y:y + height, x:x + width] = image[:height, :width]
+
+
+def make_clip(path: Path, frames: int = 275, size=(640, 360), fps: float = 25.0) -> Path:
+    """Two copies of the astronaut's head (one mirrored) drifting and scaling; about 40 % of frames empty."""
+    head = _astronaut()[10:330, 110:350]
+    rng = np.random.default_rng(0)
+    background = cv2.GaussianBlur(rng.integers(30, 90, (size[1], size[0], 3), np.uint8), (31, 31), 0)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    for index in range(frames):
+        frame = background.copy()
+        if (index // 40) % 5 not in (2, 4):  # two empty 40-frame stretches out of every 200
+            for person, (x0, flip) in enumerate(((20, False), (360, True))):
+                scale = 0.55 + 0.15 * np.sin(index / 25 + person)
+                face = cv2.resize(head[:, ::-1] if flip else head, None, fx=scale, fy=scale)
+                _paste(frame, face, max(0, int(x0 + 60 * np.sin(index / 30 + 2 * person))), 15)
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def make_folder(path: Path, count: int = 100) -> Path:
+    astronaut = _astronaut()
+    rng = np.random.default_rng(1)
+    path.mkdir(parents=True, exist_ok=True)
+    sizes = ((640, 480), (1024, 768), (1600, 1200))
+    for index in range(count):
+        width, height = sizes[index % 3]
+        image = np.full((height, width, 3), int(rng.integers(20, 200)), np.uint8)
+        for _ in range(1 + index % 3):
+            side = int(rng.integers(height // 4, height // 2))
+            _paste(image, cv2.resize(astronaut, (side, side)), int(rng.integers(0, width - side)),
+                   int(rng.integers(0, height - side)))
+        cv2.imwrite(str(path / f"photo_{index:03d}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return path
+
+
+def best_of(repeat: int, run) -> float:
+    run()  # warm-up: first-call allocations, page cache
+    return min(_timed(run) for _ in range(repeat))
+
+
+def _timed(run) -> float:
+    started = time.perf_counter()
+    run()
+    return time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--video", type=Path, help="a video to measure (default: a generated 640x360 clip)")
+    parser.add_argument("--folder", type=Path, help="an image folder to measure (default: 100 generated photos)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--detector", default="retinaface")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+
+    from fer_batch import EmotionRecognizer, LabelConfig, label_files
+    from fer_batch.sources import open_video
+
+    work = Path(tempfile.mkdtemp(prefix="fer-batch-bench-"))
+    video = args.video or make_clip(work / "clip.mp4")
+    folder = args.folder or make_folder(work / "photos")
+    results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or '?'}",
+                     "python": platform.python_version()}
+
+    started = time.perf_counter()
+    recognizer = EmotionRecognizer(detector=args.detector)
+    results["startup_s"] = round(time.perf_counter() - started, 2)
+
+    def decode_all() -> int:
+        capture, _ = open_video(video)
+        frames = 0
+        while capture.read()[0]:
+            frames += 1
+        capture.release()
+        return frames
+
+    frames = decode_all()
+    results["video"] = {"path": str(video), "frames": frames,
+                        "decode_only_fps": round(frames / best_of(args.repeat, decode_all), 1)}
+
+    out = work / "video.csv"
+    config = LabelConfig(detector=args.detector, force=True, progress=False)
+    summaries = []
+
+    def label_video() -> None:
+        summaries.append(label_files([str(video)], out, config, recognizer=recognizer))
+
+    seconds = best_of(args.repeat, label_video)
+    last = summaries[-1]
+    frames_with_face = len({row.split(",")[1] for row in out.read_text().splitlines()[1:] if ",ok," in row})
+    results["video"].update(fps=round(frames / seconds, 1), frames_with_face=frames_with_face, faces=last.faces)
+
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+
+    def label_folder() -> None:
+        summaries.append(label_files([str(folder)], work / "folder.csv", config, recognizer=recognizer))
+
+    seconds = best_of(args.repeat, label_folder)
+    results["folder"] = {"path": str(folder), "images": len(images), "faces": summaries[-1].faces,
+                         "images_per_s": round(len(images) / seconds, 1)}
+
+    crops = np.random.default_rng(2).integers(0, 255, (1024, 48, 48), np.uint8)
+    seconds = best_of(args.repeat, lambda: recognizer.classifier.predict(crops))
+    results["classifier_faces_per_s"] = round(len(crops) / seconds)
+
+    print(json.dumps(results, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
