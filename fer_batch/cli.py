@@ -57,15 +57,62 @@ def build_parser() -> argparse.ArgumentParser:
                        help="onnxruntime threads per model (default 0: all cores)")
     label.add_argument("--batch", type=_positive_int, default=8, metavar="N",
                        help="items per model call (default 8)")
+    label.add_argument("--smooth", type=float, default=0.0, metavar="SECONDS",
+                       help="smooth each video track's probabilities over about SECONDS (default 0: raw); the "
+                            "CSV's smooth_s column says which it holds")
+    label.add_argument("--annotate", metavar="DIR",
+                       help="write annotated copies (boxes, labels, probability bars; videos as .mp4 with every "
+                            "frame) and per-video timeline PNGs into DIR, mirroring the inputs' paths")
+    label.add_argument("--no-summary", dest="summary", action="store_false",
+                       help="do not write OUT.summary.csv (per source and track) next to OUT.csv")
     label.add_argument("--resume", action="store_true", help="finish an interrupted run into the same OUT.csv")
     label.add_argument("--force", action="store_true", help="overwrite an existing OUT.csv")
     label.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    summarize = commands.add_parser(
+        "summarize", help="rebuild OUT.summary.csv (and optionally plots or annotated copies) from a finished CSV",
+        description="Summarise an existing labelling CSV without re-running the models: one row per image and "
+                    "per video track.")
+    summarize.add_argument("csv", metavar="OUT.csv", help="a CSV written by fer-batch label")
+    summarize.add_argument("-o", "--output", help="summary file (default: OUT.summary.csv beside OUT.csv)")
+    summarize.add_argument("--plots", metavar="DIR", help="write one emotion-timeline PNG per video into DIR")
+    summarize.add_argument("--annotate", metavar="DIR", help="write annotated copies (and timelines) into DIR")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return _label(args)
+    return _summarize(args) if args.command == "summarize" else _label(args)
+
+
+def _summarize(args) -> int:
+    from pathlib import Path
+
+    from fer_batch.summary import read_rows, write_summary
+
+    try:
+        rows = read_rows(args.csv)
+        output = write_summary(args.csv, args.output)
+    except (OSError, ValueError) as error:
+        print(f"fer-batch: error: {error}", file=sys.stderr)
+        return 2
+    print(f"fer-batch: wrote {output}", file=sys.stderr)
+    if args.annotate:
+        from fer_batch.annotate import render
+
+        print(f"fer-batch: wrote {len(render(rows, args.annotate))} files into {args.annotate}", file=sys.stderr)
+    elif args.plots:
+        from fer_batch.annotate import safe_target
+        from fer_batch.plots import timeline
+
+        by_source: dict[str, list[dict[str, str]]] = {}
+        for row in rows:
+            if row["frame"]:
+                by_source.setdefault(row["source"], []).append(row)
+        written = [timeline(source, video_rows, safe_target(Path(args.plots), source, ".timeline.png"))
+                   for source, video_rows in by_source.items()]
+        print(f"fer-batch: wrote {sum(p is not None for p in written)} timeline plots into {args.plots}",
+              file=sys.stderr)
+    return 0
 
 
 def _label(args) -> int:
@@ -73,13 +120,16 @@ def _label(args) -> int:
     from fer_batch.runner import LabelConfig, UsageError, label_files
     from fer_batch.writer import OutputError
 
+    if args.smooth < 0:
+        print("fer-batch: error: --smooth must be 0 or more seconds", file=sys.stderr)
+        return 2
     if args.resume and args.force:
         print("fer-batch: error: --resume and --force contradict each other; pick one", file=sys.stderr)
         return 2
     config = LabelConfig(model=args.model, detector=args.detector, align=args.align, every=args.every,
                          min_face=args.min_face, face_threshold=args.face_threshold, detect_size=args.detect_size,
                          threads=args.threads, batch=args.batch, resume=args.resume, force=args.force,
-                         progress=not args.quiet)
+                         progress=not args.quiet, smooth=args.smooth, annotate=args.annotate, summary=args.summary)
     try:
         summary = label_files(args.inputs, args.output, config)
     except (UsageError, OutputError, ModelError) as error:

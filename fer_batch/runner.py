@@ -17,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_batch.labels import EMOTIONS
 from fer_batch.recognizer import EmotionRecognizer
 from fer_batch.sources import InputError, Source, discover, open_video, read_image, video_frames
+from fer_batch.track import Smoother, Tracker
 from fer_batch.writer import CsvSink, Row
 
 
@@ -42,6 +44,10 @@ class LabelConfig:
     progress: bool = True
     batch: int = 8  # items per detector/classifier call
     prefetch: int = 16  # decoded items waiting for the models
+    smooth: float = 0.0  # seconds of exponential smoothing along each track (0: raw probabilities)
+    track_gap: float = 1.0  # seconds a track survives without a detection
+    annotate: str | None = None  # folder for annotated copies and timeline plots
+    summary: bool = True  # write OUT.summary.csv next to the CSV
 
 
 @dataclass
@@ -53,6 +59,8 @@ class RunSummary:
     skipped: int = 0  # already in the CSV (--resume)
     elapsed: float = 0.0
     problems: list[str] = field(default_factory=list)
+    summary_csv: Path | None = None
+    annotated: list[Path] = field(default_factory=list)
 
     @property
     def items_per_second(self) -> float:
@@ -71,6 +79,7 @@ class Item:
     time_s: float | None = None
     image: np.ndarray | None = None
     error: str = ""
+    fps: float = 0.0
 
 
 _DONE = object()
@@ -115,7 +124,7 @@ def _video_items(source: Source, every: int, done: set[tuple[str, str]], stop: t
                 yield None
             else:
                 analysed += 1
-                yield Item(source, frame=index, time_s=index / info.fps, image=frame)
+                yield Item(source, frame=index, time_s=index / info.fps, image=frame, fps=info.fps)
     finally:
         capture.release()
     if analysed == 0 and not skip:
@@ -143,8 +152,47 @@ def _producer(sources, every, done, out: queue.Queue, stop: threading.Event) -> 
         out.put(_DONE)
 
 
+class VideoState:
+    """Tracks and smoothing for the video being labelled; restored from its rows when a run is resumed."""
+
+    def __init__(self, source: str, fps: float, config: LabelConfig, existing: list[dict[str, str]]):
+        self.source = source
+        self.tracker = Tracker(max_gap=max(1, round(fps * config.track_gap)))
+        self.smoother = Smoother(config.smooth) if config.smooth > 0 else None
+        by_frame: dict[int, list[dict[str, str]]] = {}
+        for row in existing:
+            if row["track"]:
+                by_frame.setdefault(int(row["frame"]), []).append(row)
+        for frame in sorted(by_frame):
+            rows = by_frame[frame]
+            boxes = np.array([[float(r["x"]), float(r["y"]), float(r["x"]) + float(r["w"]),
+                               float(r["y"]) + float(r["h"])] for r in rows])
+            self.tracker.restore(frame, boxes, [int(r["track"]) for r in rows])
+            if self.smoother:
+                for row in rows:
+                    self.smoother.restore(int(row["track"]), float(row["time_s"]),
+                                          np.array([float(row[e]) for e in EMOTIONS]))
+
+    def rows(self, item: Item, faces) -> list[Row]:
+        tracks = self.tracker.update(item.frame, np.array([_corners(f.box) for f in faces]).reshape(-1, 4))
+        rows = []
+        for index, (face, track) in enumerate(zip(faces, tracks)):
+            probabilities = face.probabilities
+            if self.smoother:
+                probabilities = self.smoother.update(track, item.time_s, probabilities)
+            rows.append(Row(source=item.source.name, frame=item.frame, time_s=item.time_s, face=index, track=track,
+                            box=face.box, face_score=face.score, probabilities=probabilities,
+                            smooth_s=self.smoother.seconds if self.smoother else 0.0))
+        return rows
+
+
+def _corners(box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    x, y, w, h = box
+    return x, y, x + w, y + h
+
+
 def rows_for(item: Item, faces) -> list[Row]:
-    """The CSV rows of one decoded item from its faces (an empty list of faces gives one no_face row)."""
+    """The CSV rows of one decoded image from its faces (an empty list of faces gives one no_face row)."""
     base = dict(source=item.source.name, frame=item.frame, time_s=item.time_s)
     if not faces:
         return [Row(**base, status="no_face")]
@@ -190,12 +238,21 @@ def label_files(inputs: list[str], output: str | Path, config: LabelConfig | Non
                                    name="fer-batch-decode", daemon=True)
         decoder.start()
         try:
-            _consume(items, recognizer, sink, summary, config.batch, progress)
+            _consume(items, recognizer, sink, summary, config, progress)
         finally:
             stop.set()
             progress.close()
             decoder.join(timeout=5)
     summary.elapsed = time.perf_counter() - started
+    if config.summary or config.annotate:
+        from fer_batch.summary import read_rows, write_summary
+
+        if config.summary:
+            summary.summary_csv = write_summary(output)
+        if config.annotate:
+            from fer_batch.annotate import render
+
+            summary.annotated = render(read_rows(output), config.annotate)
     return summary
 
 
@@ -205,8 +262,11 @@ def _planned_items(source: Source, every: int) -> int:
     return 1 if source.kind == "image" else max(count_frames(source.path, every), 1)
 
 
-def _consume(items: queue.Queue, recognizer, sink: CsvSink, summary: RunSummary, batch: int, progress) -> None:
+def _consume(items: queue.Queue, recognizer, sink: CsvSink, summary: RunSummary, config: LabelConfig,
+             progress) -> None:
     """Take decoded items in batches, run the models, write each item's rows in order."""
+    batch = config.batch
+    video: list[VideoState | None] = [None]  # the video being labelled, if any
     finished = False
     while not finished:
         pending: list[Item] = []
@@ -228,11 +288,12 @@ def _consume(items: queue.Queue, recognizer, sink: CsvSink, summary: RunSummary,
                 entry = items.get_nowait()
             except queue.Empty:
                 break
-        _process(pending, recognizer, sink, summary)
+        _process(pending, recognizer, sink, summary, config, video)
         progress.update(len(pending))
 
 
-def _process(pending: list[Item], recognizer, sink: CsvSink, summary: RunSummary) -> None:
+def _process(pending: list[Item], recognizer, sink: CsvSink, summary: RunSummary, config: LabelConfig,
+             video: list[VideoState | None]) -> None:
     decoded = [item for item in pending if item.image is not None]
     try:
         results = recognizer.predict_batch([item.image for item in decoded])
@@ -254,7 +315,13 @@ def _process(pending: list[Item], recognizer, sink: CsvSink, summary: RunSummary
             summary.errors += 1
         else:
             faces = by_item[id(item)]
-            rows = rows_for(item, faces)
+            if item.frame is None or not faces:
+                rows = rows_for(item, faces)
+            else:
+                if video[0] is None or video[0].source != item.source.name:
+                    video[0] = VideoState(item.source.name, item.fps, config,
+                                          sink.video_rows.pop(item.source.name, []))
+                rows = video[0].rows(item, faces)
             summary.faces += len(faces)
             summary.no_face += not faces
         sink.write_item(rows)

@@ -17,8 +17,8 @@ import numpy as np
 
 from fer_batch.labels import EMOTIONS
 
-COLUMNS: tuple[str, ...] = ("source", "frame", "time_s", "face", "x", "y", "w", "h", "face_score", "emotion",
-                            "confidence", *EMOTIONS, "status", "error")
+COLUMNS: tuple[str, ...] = ("source", "frame", "time_s", "face", "track", "x", "y", "w", "h", "face_score",
+                            "emotion", "confidence", *EMOTIONS, "smooth_s", "status", "error")
 
 
 class OutputError(Exception):
@@ -31,16 +31,19 @@ class Row:
     frame: int | None = None
     time_s: float | None = None
     face: int | None = None
+    track: int | None = None
     box: tuple[float, float, float, float] | None = None
     face_score: float | None = None
     probabilities: np.ndarray | None = None
+    smooth_s: float = 0.0  # the probabilities were smoothed along the track over this many seconds (0: raw)
     status: str = "ok"
     error: str = ""
 
     def as_dict(self) -> dict[str, str]:
         values = {"source": self.source, "frame": "" if self.frame is None else str(self.frame),
                   "time_s": "" if self.time_s is None else f"{self.time_s:.3f}",
-                  "face": "" if self.face is None else str(self.face), "status": self.status,
+                  "face": "" if self.face is None else str(self.face),
+                  "track": "" if self.track is None else str(self.track), "status": self.status,
                   "error": self.error}
         if self.box is not None:
             values.update(zip(("x", "y", "w", "h"), (str(int(round(v))) for v in self.box)))
@@ -51,6 +54,7 @@ class Row:
             values.update(zip(EMOTIONS, (f"{p:.6f}" for p in rounded)))
             top = int(np.argmax(self.probabilities))
             values["emotion"], values["confidence"] = EMOTIONS[top], f"{rounded[top]:.6f}"
+            values["smooth_s"] = f"{self.smooth_s:g}"
         return values
 
 
@@ -66,11 +70,13 @@ def item_key(row: dict[str, str]) -> tuple[str, str]:
 
 
 class CsvSink:
-    """Appends whole items to the CSV; ``done`` holds the (source, frame) keys already in the file."""
+    """Appends whole items to the CSV. After ``resume``, ``done`` holds the (source, frame) keys already in the
+    file and ``video_rows`` the face rows of each video, so tracks and smoothing can pick up where they stopped."""
 
     def __init__(self, path: str | Path, resume: bool = False, force: bool = False):
         self.path = Path(path)
         self.done: set[tuple[str, str]] = set()
+        self.video_rows: dict[str, list[dict[str, str]]] = {}
         exists = self.path.exists() and self.path.stat().st_size > 0
         if exists and not (resume or force):
             raise OutputError(f"{self.path}: already exists; use --resume to finish that run or --force to "
@@ -102,6 +108,8 @@ class CsvSink:
             raise OutputError(f"{self.path}: its header is not fer-batch's CSV header; refusing to resume into it")
         for row in reader:
             self.done.add(item_key(row))
+            if row["frame"] and row["status"] == "ok":
+                self.video_rows.setdefault(row["source"], []).append(row)
 
     def write_item(self, rows: list[Row]) -> None:
         """Write one item's rows in a single write and flush them to the OS."""

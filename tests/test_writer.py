@@ -11,8 +11,8 @@ from fer_batch.writer import COLUMNS, CsvSink, OutputError, Row
 
 
 def test_columns_are_the_documented_contract():
-    assert ",".join(COLUMNS) == ("source,frame,time_s,face,x,y,w,h,face_score,emotion,confidence,angry,disgust,"
-                                 "fear,happy,sad,surprise,neutral,status,error")
+    assert ",".join(COLUMNS) == ("source,frame,time_s,face,track,x,y,w,h,face_score,emotion,confidence,angry,"
+                                 "disgust,fear,happy,sad,surprise,neutral,smooth_s,status,error")
 
 
 def test_rows_round_to_six_decimals_that_sum_to_one(tmp_path):
