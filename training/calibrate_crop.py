@@ -62,10 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=DEFAULT_DATA)
     parser.add_argument("--count", type=int, default=5000, help="Training images to measure (default 5000)")
     parser.add_argument("--check", type=int, default=500, help="PublicTest images to rebuild as a check")
+    parser.add_argument("--model", help="an emotion ONNX model: also report PublicTest accuracy on the original "
+                                        "48x48 faces vs. the detector + crop pipeline (aligned and box-only)")
+    parser.add_argument("--skip-fit", action="store_true", help="only run the checks")
     args = parser.parse_args(argv)
 
-    from fer_batch import crop
-    from fer_batch.detect import HaarDetector, RetinaFaceDetector
+    from fer_batch.detect import RetinaFaceDetector
     from training.data import load
 
     dataset = load(args.data)
@@ -73,6 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     sample = train_x[rng.choice(len(train_x), size=min(args.count, len(train_x)), replace=False)]
     retina = RetinaFaceDetector(threshold=0.5, min_face=8)
+    if not args.skip_fit:
+        fit(sample, retina)
+    check(dataset, retina, args.check, args.model)
+    return 0
+
+
+def fit(sample: np.ndarray, retina) -> None:
+    """Print the crop constants measured on ``sample``."""
+    from fer_batch.detect import HaarDetector
+
     found = measure(sample, retina)
     print(f"RetinaFace: a face in {len(found['boxes'])} of {len(sample)} images")
     template = np.median(found["landmarks"], axis=0)
@@ -84,23 +96,42 @@ def main(argv: list[str] | None = None) -> int:
     print(f"BOX_SCALE = {scale:.3f}\nBOX_SHIFT_X = {shift_x:.3f}\nBOX_SHIFT_Y = {shift_y:.3f}")
     print(f"HAAR_BOX_SCALE = {haar_scale:.3f}\nHAAR_BOX_SHIFT_Y = {haar_shift_y:.3f}")
 
-    # Check what fer_batch.crop does now (after pasting the constants above): rebuild PublicTest faces.
-    val_x, _ = dataset.split("PublicTest")
+
+def check(dataset, retina, count: int, model: str | None) -> None:
+    """Rebuild PublicTest faces from their canvases with fer_batch.crop as it is now: pixel error, and with a
+    model, accuracy through the pipeline against accuracy on the original 48x48 faces."""
+    from fer_batch import crop
+
+    val_x, val_y = dataset.split("PublicTest")
+    val_x, val_y = val_x[:count], val_y[:count]
     errors: dict[str, list[float]] = {"aligned": [], "box": []}
-    for face in val_x[: args.check]:
+    crops: dict[str, list[np.ndarray]] = {"aligned": [], "box": []}
+    kept = []
+    for index, face in enumerate(val_x):
         canvas, _ = place_on_canvas(face)
         detections = retina.detect(canvas)
         if len(detections) == 0:
             continue
+        kept.append(index)
         grey = crop.to_grey(canvas)
         best = int(np.argmax(detections.scores))
         for name, align in (("aligned", True), ("box", False)):
             rebuilt = crop.crop_face(grey, detections.boxes[best], detections.landmarks[best], align=align)
+            crops[name].append(rebuilt)
             errors[name].append(float(np.abs(rebuilt.astype(np.float32) - face).mean()))
     for name, values in errors.items():
-        print(f"{name} crop: mean absolute pixel error {np.mean(values):.2f} over {len(values)} PublicTest faces "
-              f"(identical framing would still leave ~3 from the x4 round trip)")
-    return 0
+        print(f"{name} crop: mean absolute pixel error {np.mean(values):.2f} over {len(values)} PublicTest faces")
+    if model:
+        from fer_batch.classify import EmotionClassifier
+
+        classifier = EmotionClassifier(model)
+        labels = val_y[kept]
+        original = float((classifier.predict(val_x[kept]).argmax(1) == labels).mean())
+        print(f"accuracy on the same {len(kept)} PublicTest faces: original 48x48 {original:.4f}", end="")
+        for name, faces in crops.items():
+            accuracy = float((classifier.predict(np.stack(faces)).argmax(1) == labels).mean())
+            print(f", {name} pipeline {accuracy:.4f}", end="")
+        print()
 
 
 if __name__ == "__main__":
