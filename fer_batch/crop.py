@@ -64,11 +64,21 @@ def aligned_crop_matrix(landmarks: np.ndarray) -> np.ndarray | None:
 
 
 def crop_face(grey: np.ndarray, box: np.ndarray, landmarks: np.ndarray | None = None, align: bool = True,
-              haar: bool = False) -> np.ndarray:
-    """The 48x48 uint8 crop of one face from a grey frame, aligned on the landmarks when asked and possible."""
-    matrix = aligned_crop_matrix(landmarks) if align and landmarks is not None else None
-    if matrix is None:
-        matrix = box_crop_matrix(box, scale=HAAR_BOX_SCALE, shift_y=HAAR_BOX_SHIFT_Y) if haar else box_crop_matrix(box)
+              framing: str = "retinaface") -> np.ndarray:
+    """The 48x48 uint8 crop of one face from a grey frame.
+
+    ``framing`` says how the box relates to a FER frame: ``retinaface`` (aligned on the landmarks when asked and
+    possible, else the calibrated box relation), ``haar`` (Haar's calibrated box relation) or ``whole`` (the box
+    is already a FER-style face: it is only resized).
+    """
+    if framing == "whole":
+        matrix = box_crop_matrix(box, scale=1.0, shift_x=0.0, shift_y=0.0)
+    elif framing == "haar":
+        matrix = box_crop_matrix(box, scale=HAAR_BOX_SCALE, shift_y=HAAR_BOX_SHIFT_Y)
+    else:
+        matrix = aligned_crop_matrix(landmarks) if align and landmarks is not None else None
+        if matrix is None:
+            matrix = box_crop_matrix(box)
     # Shrinking a big face in one bilinear step aliases: area-average just the face's region first, as FER's own
     # downscales did, then warp the small copy.
     zoom = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))

@@ -9,7 +9,7 @@ import numpy as np
 
 from fer_batch.classify import EmotionClassifier
 from fer_batch.crop import crop_face, to_grey
-from fer_batch.detect import Detections, HaarDetector, make_detector
+from fer_batch.detect import Detections, HaarDetector, WholeImageDetector, make_detector
 from fer_batch.labels import EMOTIONS
 
 
@@ -50,7 +50,9 @@ class EmotionRecognizer:
         self.detector = make_detector(detector, threshold=face_threshold, min_face=min_face, max_side=detect_size,
                                       threads=threads, providers=providers)
         self.align = align
-        self._haar = isinstance(self.detector, HaarDetector)
+        # How a detector's boxes relate to FER's framing (see fer_batch.crop.crop_face).
+        self.framing = ("haar" if isinstance(self.detector, HaarDetector) else
+                        "whole" if isinstance(self.detector, WholeImageDetector) else "retinaface")
 
     def predict(self, image_bgr: np.ndarray) -> list[Face]:
         """Faces in one uint8 BGR (or grey) image, left to right."""
@@ -73,7 +75,7 @@ class EmotionRecognizer:
         if len(found) == 0:
             return np.zeros((0, self.classifier.height, self.classifier.width), np.uint8)
         grey = to_grey(image_bgr)
-        return np.stack([crop_face(grey, box, points, align=self.align, haar=self._haar)
+        return np.stack([crop_face(grey, box, points, align=self.align, framing=self.framing)
                          for box, points in zip(found.boxes, found.landmarks)])
 
     @staticmethod

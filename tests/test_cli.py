@@ -197,6 +197,11 @@ def test_detector_choices_and_pre_cropped_faces(tmp_path, astronaut, astronaut_j
     run_cli("label", str(crop), "-o", str(out), "--detector", "none", "--quiet", check=True)
     row = read_csv(out)[0]
     assert (row["x"], row["y"], row["w"], row["h"]) == ("0", "0", "48", "48") and row["status"] == "ok"
+    # A pre-cropped face reaches the model untouched: the same probabilities as the classifier on its own.
+    from fer_batch.classify import EmotionClassifier
+
+    expected = EmotionClassifier().predict(cv2.imread(str(crop), cv2.IMREAD_GRAYSCALE)[None])[0]
+    np.testing.assert_allclose([float(row[e]) for e in EMOTIONS], expected, atol=2e-6)
 
 
 def test_works_from_any_folder_with_the_bundled_model(tmp_path, astronaut_jpg):

@@ -45,5 +45,8 @@ def test_crop_face_shapes_and_grey_conversion(astronaut):
     assert grey.shape == astronaut.shape[:2]
     box = np.array([178, 57, 273, 177], np.float32)
     assert crop.crop_face(grey, box, None, align=True).shape == (48, 48)
-    assert crop.crop_face(grey, box, None, align=False, haar=True).dtype == np.uint8
+    assert crop.crop_face(grey, box, None, align=False, framing="haar").dtype == np.uint8
+    face = grey[100:148, 200:248]
+    whole = crop.crop_face(face, np.array([0, 0, 48, 48], np.float32), framing="whole")
+    np.testing.assert_array_equal(whole, face)  # a pre-cropped 48x48 face goes through untouched
     assert crop.to_grey(np.dstack([grey, grey, grey, grey])).shape == grey.shape

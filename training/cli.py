@@ -83,14 +83,15 @@ def _add_evaluate(commands) -> None:
                         help="default PrivateTest")
     parser.add_argument("--tta-flip", action="store_true",
                         help="average each face's probabilities with its mirror image's")
-    parser.add_argument("--out", help="folder for metrics.json and confusion.png (default: beside the model)")
+    parser.add_argument("--out", help="folder for metrics.json and confusion.png "
+                                      "(default: runs/evaluate-<model>-<split>, ignored by git)")
     parser.set_defaults(run=_evaluate)
 
 
 def _evaluate(args) -> int:
     from training.evaluate import evaluate
 
-    out = Path(args.out) if args.out else Path(args.model).with_suffix("").parent / (Path(args.model).stem + "-eval")
+    out = Path(args.out) if args.out else Path("runs") / f"evaluate-{Path(args.model).stem}-{args.split}"
     report = evaluate(args.model, args.data, split=args.split, ferplus=args.ferplus, tta_flip=args.tta_flip, out=out)
     print(report.format())
     print(f"wrote {out / 'metrics.json'} and {out / 'confusion.png'}", file=sys.stderr)
