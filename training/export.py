@@ -58,6 +58,22 @@ def with_flip_averaging(model):
     return keras.Model(inputs, averaged, name=f"{model.name}_flip_avg")
 
 
+def describe_hardware() -> str:
+    """'AMD EPYC, 2 cores (x86_64)' from /proc/cpuinfo where there is one."""
+    import os
+
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} cores " \
+           f"({platform.machine()})"
+
+
 def training_summary(path: Path, model) -> dict:
     """What the model card and metadata say about training: recipe, epochs, PublicTest score, time, size."""
     from training.model import count_flops
@@ -75,7 +91,7 @@ def training_summary(path: Path, model) -> dict:
                        best_epoch=state.get("best_epoch"),
                        public_test_accuracy=round(float(state.get("best_val_accuracy", 0)), 4),
                        train_seconds=round(float(state.get("train_seconds", 0))),
-                       hardware=f"{platform.machine()} CPU, {platform.processor() or 'unknown model'}")
+                       hardware=state.get("hardware") or describe_hardware())
     return summary
 
 

@@ -1,0 +1,121 @@
+"""Write models/MODEL.md from what was measured: the ONNX file's training metadata and evaluate's metrics.json.
+
+    fer-train evaluate --model models/emotion.onnx --out runs/eval-private
+    python -m training.model_card --model models/emotion.onnx --metrics runs/eval-private/metrics.json \
+        --out models/MODEL.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from fer_batch.labels import EMOTIONS
+
+LIMITS = """\
+- **What it was trained on.** FER-2013: 48x48 grey faces gathered by Google image search for emotion keywords
+  (2013), labelled once by the dataset's authors. Human agreement on FER-2013 is about 65 +/- 5 % (Goodfellow et
+  al., 2013); the FER+ relabelling changed about a third of its labels. Treat single predictions as noisy and
+  prefer aggregates (the per-track summaries, `--smooth`).
+- **Posed, frontal, stock-photo faces.** Strong profiles, heavy occlusion (masks, hands), extreme lighting, very
+  low resolution, infrared and children's faces are under-represented; accuracy on them is unknown and likely lower.
+- **Classes are imbalanced.** `disgust` has 436 training images (1.5 %) and is recognised least reliably;
+  `fear` is often confused with `sad` and `surprise`, `sad` with `neutral` (see the confusion matrix).
+- **Demographics.** FER-2013 carries no demographic annotation, so performance across age, gender and skin tone
+  has not been measured; published audits of FER-style datasets report skewed representation. Do not use the model
+  for decisions about individuals (hiring, policing, health, education).
+- **Expressions are not feelings.** The model labels facial configurations as annotators saw them; it does not
+  read anyone's inner state, and cultural display rules differ.
+- **Framing matters.** In fer-batch the face is cropped like FER-2013's faces (calibrated in `fer_batch/crop.py`);
+  feeding other crops through `--model` or the ONNX file directly lowers accuracy.
+"""
+
+
+def render(model: Path, metrics: dict) -> str:
+    import onnx
+
+    metadata = {p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props}
+    training = json.loads(metadata.get("fer_batch.training", "{}"))
+    accuracy = metrics["accuracy"] * 100
+    header = " " * 10 + "".join(f"{e[:8]:>9}" for e in EMOTIONS)
+    matrix = "\n".join(f"{e:<10}" + "".join(f"{v:>9d}" for v in row) for e, row in zip(EMOTIONS, metrics["confusion"]))
+    per_class = "\n".join(
+        f"| {e} | {p:.3f} | {r:.3f} | {f:.3f} | {n} |"
+        for e, p, r, f, n in zip(EMOTIONS, metrics["precision"], metrics["recall"], metrics["f1"], metrics["support"]))
+    hours = training.get("train_seconds", 0) / 3600
+    tta = "yes (each face is classified as it is and mirrored, and the two averaged)" \
+        if training.get("test_time_flip_averaging") else "no"
+    return f"""# Model card: `models/emotion.onnx`
+
+Facial-expression classifier for 48x48 grey faces, trained by this repository's `training/` on FER-2013.
+
+**PrivateTest accuracy: {accuracy:.2f} %** ({metrics['count']} faces of FER-2013's PrivateTest split, never used
+for training or model selection). Reproduce with:
+
+```bash
+fer-train evaluate --model models/emotion.onnx --data ../shared/data/fer2013/fer2013.csv.gz
+```
+
+For comparison, measured on the same split: the `fer` package's bundled mini-Xception scores 65.5 %; the best
+published single networks reach about 73 %.
+
+## Data and labels
+
+- FER-2013 (`fer2013.csv`, 35,887 rows): Training 28,709 images for fitting, PublicTest 3,589 for choosing the
+  checkpoint (best epoch {training.get('best_epoch')}, PublicTest accuracy {training.get('public_test_accuracy')}),
+  PrivateTest 3,589 for the figure above. Labels, in output order: {', '.join(EMOTIONS)} (FER's 0..6).
+- FER+ labels used: {'yes' if training.get('ferplus_labels') else 'no (original FER-2013 labels)'}.
+
+## Architecture
+
+VGG-style CNN: four stages of two 3x3 convolutions (batch norm, ReLU) of widths 32-64-128-256, each max-pooled,
+then dropout, a 256-unit dense layer with batch norm, dropout, and a 7-way softmax. Pixel scaling (1/255) is
+inside the graph.
+
+- Parameters: {training.get('parameters', 0):,}
+- FLOPs per face: {training.get('flops_per_face', 0) / 1e6:.0f} M (2 x multiply-accumulates of the conv and dense
+  layers) per pass; mirror averaging baked in: {tta}.
+- Input: float32 `[batch, 48, 48, 1]`, raw grey pixels 0..255, NHWC. Output: `probabilities`, `[batch, 7]`.
+- Metadata (`metadata_props`): `fer_batch.labels`, `fer_batch.input`, `fer_batch.output`, `fer_batch.training`.
+
+## Training recipe
+
+{training.get('recipe', 'unknown')}
+
+- Epochs trained: {training.get('epochs_trained')}; training time {hours:.1f} h on {training.get('hardware', '?')},
+  TensorFlow CPU, bf16 mixed precision through oneDNN (the sum of the epochs' times in the run's log.csv).
+- Command: `fer-train train --out ~/fer-runs/vgg80 --epochs 80`, then
+  `fer-train export ~/fer-runs/vgg80 -o models/emotion.onnx --tta-flip` (parity with Keras checked below 1e-4).
+
+## Results on PrivateTest
+
+| class | precision | recall | F1 | faces |
+| --- | --- | --- | --- | --- |
+{per_class}
+
+Confusion matrix (rows: true label, columns: predicted):
+
+```
+{header}
+{matrix}
+```
+
+## Known limits and biases
+
+{LIMITS}"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=Path("models/emotion.onnx"))
+    parser.add_argument("--metrics", type=Path, required=True, help="metrics.json from fer-train evaluate")
+    parser.add_argument("--out", type=Path, default=Path("models/MODEL.md"))
+    args = parser.parse_args(argv)
+    args.out.write_text(render(args.model, json.loads(args.metrics.read_text())))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
