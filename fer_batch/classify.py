@@ -6,7 +6,7 @@ The contract, written into the model's ``metadata_props`` by ``fer-train export`
 - ``fer_batch.input``: JSON ``{"height": 48, "width": 48, "channels": 1, "layout": "NHWC", "color": "grey",
   "scale": "0-255"}`` - raw grey pixels as float32 (the model rescales them itself);
 - ``fer_batch.output``: ``probabilities`` (softmax already applied) or ``logits``;
-- ``fer_batch.training``: JSON summary of how it was trained (shown by ``fer-batch info``-style tools, optional).
+- ``fer_batch.training``: JSON summary of how it was trained (optional; the model card is built from it).
 """
 
 from __future__ import annotations

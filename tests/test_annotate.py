@@ -141,3 +141,10 @@ def test_summarize_counts_images_per_source():
              **{e: str(1.0 if e == "sad" else 0.0) for e in EMOTIONS}}] * 2
     entry = summarize(rows)[0]
     assert entry["frames"] == "1" and entry["faces"] == "2" and entry["dominant"] == "sad"
+
+
+def test_summarize_refuses_a_foreign_csv(tmp_path):
+    foreign = tmp_path / "other.csv"
+    foreign.write_text("name,value\nx,1\n")
+    result = run_cli("summarize", str(foreign))
+    assert result.returncode == 2 and "not a fer-batch CSV" in result.stderr
