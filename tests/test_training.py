@@ -109,3 +109,20 @@ def test_seed_architecture_builds():
     assert count_flops(model) > 0
     with pytest.raises(ValueError, match="unknown architecture"):
         make_model(arch="resnet9000")
+
+
+@pytest.mark.fer2013
+@pytest.mark.skipif(not __import__("os").environ.get("FER2013_CSV"), reason="set FER2013_CSV to the real file")
+def test_shipped_model_reproduces_its_model_card(tmp_path):
+    """The figure in models/MODEL.md is what `fer-train evaluate` gives on the real PrivateTest split."""
+    import os
+    import re
+
+    from training.evaluate import evaluate
+
+    card = (REPO / "models" / "MODEL.md").read_text()
+    claimed = float(re.search(r"PrivateTest accuracy: (\d+\.\d+) %", card).group(1))
+    report = evaluate(REPO / "models" / "emotion.onnx", os.environ["FER2013_CSV"], out=tmp_path)
+    assert report.count == 3589
+    assert abs(report.accuracy * 100 - claimed) < 0.5
+    assert report.accuracy >= 0.66
