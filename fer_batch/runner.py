@@ -88,6 +88,10 @@ _DONE = object()
 def iter_items(sources: list[Source], every: int, done: set[tuple[str, str]], stop: threading.Event
                ) -> Iterator[Item | None]:
     """Decoded items in input order; None for an item skipped because the CSV has it already."""
+    frames_done: dict[str, set[int]] = {}
+    for name, frame in done:
+        if frame:
+            frames_done.setdefault(name, set()).add(int(frame))
     for source in sources:
         if stop.is_set():
             return
@@ -100,10 +104,10 @@ def iter_items(sources: list[Source], every: int, done: set[tuple[str, str]], st
             except InputError as error:
                 yield Item(source, error=str(error))
             continue
-        yield from _video_items(source, every, done, stop)
+        yield from _video_items(source, every, done, frames_done.get(source.name, set()), stop)
 
 
-def _video_items(source: Source, every: int, done: set[tuple[str, str]], stop: threading.Event
+def _video_items(source: Source, every: int, done: set[tuple[str, str]], skip: set[int], stop: threading.Event
                  ) -> Iterator[Item | None]:
     if (source.name, "") in done:  # the video failed to open last time: its error row is there
         yield None
@@ -113,7 +117,6 @@ def _video_items(source: Source, every: int, done: set[tuple[str, str]], stop: t
     except InputError as error:
         yield Item(source, error=str(error))
         return
-    skip = {int(frame) for name, frame in done if name == source.name and frame}
     analysed = read = 0
     try:
         for index, frame in video_frames(capture, every, skip):
@@ -130,8 +133,7 @@ def _video_items(source: Source, every: int, done: set[tuple[str, str]], stop: t
     if analysed == 0 and not skip:
         yield Item(source, error="video has no decodable frames")
     elif info.frame_count and read < info.frame_count - max(2, info.frame_count // 100):
-        key = (source.name, str(read))
-        if key not in done:
+        if read not in skip:
             yield Item(source, frame=read, time_s=read / info.fps,
                        error=f"video ended early: decoded {read} of the {info.frame_count} frames its container "
                              f"announces (truncated or corrupt)")
