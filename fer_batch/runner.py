@@ -226,6 +226,10 @@ def label_files(inputs: list[str], output: str | Path, config: LabelConfig | Non
     summary = RunSummary()
     started = time.perf_counter()
     with CsvSink(output, resume=config.resume, force=config.force) as sink:
+        mixed = sink.smooth_values - {f"{config.smooth:g}"}
+        if mixed:
+            raise UsageError(f"{output} holds video rows with smooth_s {', '.join(sorted(mixed))}; resume with the "
+                             f"same --smooth as the interrupted run")
         for problem in problems:
             summary.problems.append(f"{problem.path}: {problem.message}")
             if (problem.path, "") not in sink.done:

@@ -77,6 +77,7 @@ class CsvSink:
         self.path = Path(path)
         self.done: set[tuple[str, str]] = set()
         self.video_rows: dict[str, list[dict[str, str]]] = {}
+        self.smooth_values: set[str] = set()  # smooth_s of the video face rows already there
         exists = self.path.exists() and self.path.stat().st_size > 0
         if exists and not (resume or force):
             raise OutputError(f"{self.path}: already exists; use --resume to finish that run or --force to "
@@ -109,6 +110,7 @@ class CsvSink:
         for row in reader:
             self.done.add(item_key(row))
             if row["frame"] and row["status"] == "ok":
+                self.smooth_values.add(row["smooth_s"])
                 self.video_rows.setdefault(row["source"], []).append(row)
 
     def write_item(self, rows: list[Row]) -> None:
