@@ -32,7 +32,7 @@ LIMITS = """\
 """
 
 
-def render(model: Path, metrics: dict) -> str:
+def render(model: Path, metrics: dict, without_flip: dict | None = None) -> str:
     import onnx
 
     metadata = {p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props}
@@ -57,7 +57,7 @@ for training or model selection). Reproduce with:
 fer-train evaluate --model models/emotion.onnx --data ../shared/data/fer2013/fer2013.csv.gz
 ```
 
-For comparison, measured on the same split: the `fer` package's bundled mini-Xception scores 65.5 %; the best
+{_flip_note(without_flip)}For comparison, measured on the same split: the `fer` package's bundled mini-Xception scores 65.5 %; the best
 published single networks reach about 73 %.
 
 ## Data and labels
@@ -106,13 +106,22 @@ Confusion matrix (rows: true label, columns: predicted):
 {LIMITS}"""
 
 
+def _flip_note(without_flip: dict | None) -> str:
+    if not without_flip:
+        return ""
+    return (f"The same weights exported without mirror averaging (`fer-train export ... ` without `--tta-flip`) "
+            f"score {without_flip['accuracy'] * 100:.2f} % on the same faces.\n\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=Path("models/emotion.onnx"))
     parser.add_argument("--metrics", type=Path, required=True, help="metrics.json from fer-train evaluate")
     parser.add_argument("--out", type=Path, default=Path("models/MODEL.md"))
+    parser.add_argument("--without-flip", type=Path, help="metrics.json of the same weights exported without --tta-flip")
     args = parser.parse_args(argv)
-    args.out.write_text(render(args.model, json.loads(args.metrics.read_text())))
+    without = json.loads(args.without_flip.read_text()) if args.without_flip else None
+    args.out.write_text(render(args.model, json.loads(args.metrics.read_text()), without))
     print(f"wrote {args.out}")
     return 0
 
