@@ -57,8 +57,8 @@ for training or model selection). Reproduce with:
 fer-train evaluate --model models/emotion.onnx --data ../shared/data/fer2013/fer2013.csv.gz
 ```
 
-{_flip_note(without_flip)}For comparison, measured on the same split: the `fer` package's bundled mini-Xception scores 65.5 %; the best
-published single networks reach about 73 %.
+{_flip_note(without_flip)}For comparison, measured on the same split: the `fer` package's bundled
+mini-Xception scores 65.5 %; the best published single networks reach about 73 %.
 
 ## Data and labels
 
@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=Path("models/emotion.onnx"))
     parser.add_argument("--metrics", type=Path, required=True, help="metrics.json from fer-train evaluate")
     parser.add_argument("--out", type=Path, default=Path("models/MODEL.md"))
-    parser.add_argument("--without-flip", type=Path, help="metrics.json of the same weights exported without --tta-flip")
+    parser.add_argument("--without-flip", type=Path,
+                        help="metrics.json of the same weights exported without --tta-flip")
     args = parser.parse_args(argv)
     without = json.loads(args.without_flip.read_text()) if args.without_flip else None
     args.out.write_text(render(args.model, json.loads(args.metrics.read_text()), without))
