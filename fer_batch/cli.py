@@ -42,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="retinaface (default): accurate, with landmarks; haar: OpenCV's cascade; none: each "
                             "image is one pre-cropped face")
     label.add_argument("--model", help="an emotion ONNX model with fer-batch metadata (default: the bundled one)")
-    label.add_argument("--no-align", dest="align", action="store_false",
-                       help="crop by the box only, without levelling the eyes on the landmarks")
+    label.add_argument("--align", action=argparse.BooleanOptionalAction, default=False,
+                       help="level the eyes on RetinaFace's five landmarks before classifying (default: off; "
+                            "the box crop measured 2.4 points more accurate on FER-2013 faces, see README)")
     label.add_argument("--every", type=_positive_int, default=1, metavar="N",
                        help="analyse every Nth video frame (default 1: all)")
     label.add_argument("--min-face", type=float, default=20.0, metavar="PX",

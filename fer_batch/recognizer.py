@@ -43,7 +43,7 @@ class EmotionRecognizer:
     >>> [(f.label, round(f.confidence, 2), f.box) for f in faces]
     """
 
-    def __init__(self, model: str | Path | None = None, detector: str = "retinaface", align: bool = True,
+    def __init__(self, model: str | Path | None = None, detector: str = "retinaface", align: bool = False,
                  face_threshold: float = 0.8, min_face: float = 20.0, detect_size: int = 640, threads: int = 0,
                  providers: list[str] | None = None):
         self.classifier = EmotionClassifier(model, threads=threads, providers=providers)

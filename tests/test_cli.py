@@ -188,6 +188,9 @@ def test_usage_errors_exit_2_with_one_line(tmp_path, astronaut_jpg):
 
 
 def test_detector_choices_and_pre_cropped_faces(tmp_path, astronaut, astronaut_jpg):
+    aligned = tmp_path / "aligned.csv"
+    run_cli("label", str(astronaut_jpg), "-o", str(aligned), "--align", "--quiet", check=True)
+    assert read_csv(aligned)[0]["emotion"] == "happy"
     out = tmp_path / "haar.csv"
     run_cli("label", str(astronaut_jpg), "-o", str(out), "--detector", "haar", "--quiet", check=True)
     assert read_csv(out)[0]["status"] == "ok"
