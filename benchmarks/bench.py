@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import tempfile
@@ -98,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="fer-batch-bench-"))
     video = args.video or make_clip(work / "clip.mp4")
     folder = args.folder or make_folder(work / "photos")
-    results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or '?'}",
-                     "python": platform.python_version()}
+    from training.export import describe_hardware  # no TensorFlow at import
+
+    results: dict = {"machine": describe_hardware(), "python": platform.python_version()}
 
     started = time.perf_counter()
     recognizer = EmotionRecognizer(detector=args.detector)
