@@ -9,8 +9,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import tensorflow as tf
-
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -24,8 +22,10 @@ class AugmentConfig:
     erase_area: tuple[float, float] = (0.02, 0.2)  # share of the image one erased rectangle covers
 
 
-def augment_batch(images: tf.Tensor, config: AugmentConfig, seed: int | None = None) -> tf.Tensor:
-    """Augment a float32 batch (B, H, W, 1) of 0..255 pixels; returns the same shape and range."""
+def augment_batch(images, config: AugmentConfig, seed: int | None = None):
+    """Augment a float32 batch tensor (B, H, W, 1) of 0..255 pixels; returns the same shape and range."""
+    import tensorflow as tf  # here, so the config (and `fer-train --help`) loads without TensorFlow
+
     batch = tf.shape(images)[0]
     height, width = images.shape[1], images.shape[2]
     uniform = lambda low, high: tf.random.uniform([batch], low, high, seed=seed)  # noqa: E731
@@ -57,8 +57,10 @@ def augment_batch(images: tf.Tensor, config: AugmentConfig, seed: int | None = N
     return images
 
 
-def _random_erase(images: tf.Tensor, config: AugmentConfig, seed: int | None) -> tf.Tensor:
+def _random_erase(images, config: AugmentConfig, seed: int | None):
     """Fill one random rectangle per chosen image with uniform noise (Zhong et al., 2017)."""
+    import tensorflow as tf
+
     batch = tf.shape(images)[0]
     height, width = images.shape[1], images.shape[2]
     area = tf.random.uniform([batch], *config.erase_area, seed=seed) * height * width

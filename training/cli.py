@@ -12,7 +12,6 @@ DEFAULT_DATA = "../shared/data/fer2013/fer2013.csv.gz"
 
 
 def _add_train(commands) -> None:
-    from training.augment import AugmentConfig
     from training.train import TrainConfig
 
     defaults = TrainConfig(data="", out="")
@@ -44,7 +43,7 @@ def _add_train(commands) -> None:
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"),
                         help="auto: bf16 mixed precision where the CPU has native bf16, else fp32")
     parser.add_argument("--no-augment", action="store_true", help="train without augmentation")
-    parser.set_defaults(run=_train, augment_default=AugmentConfig)
+    parser.set_defaults(run=_train)
 
 
 def _train(args) -> int:
