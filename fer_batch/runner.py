@@ -19,7 +19,7 @@ import numpy as np
 
 from fer_batch.labels import EMOTIONS
 from fer_batch.recognizer import EmotionRecognizer
-from fer_batch.sources import InputError, Source, discover, open_video, read_image, video_frames
+from fer_batch.sources import InputError, Source, count_frames, discover, open_video, read_image, video_frames
 from fer_batch.track import Smoother, Tracker
 from fer_batch.writer import CsvSink, Row
 
@@ -263,8 +263,6 @@ def label_files(inputs: list[str], output: str | Path, config: LabelConfig | Non
 
 
 def _planned_items(source: Source, every: int) -> int:
-    from fer_batch.sources import count_frames
-
     return 1 if source.kind == "image" else max(count_frames(source.path, every), 1)
 
 
