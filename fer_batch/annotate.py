@@ -78,10 +78,10 @@ def _draw_bars(image: np.ndarray, face: dict[str, str], left: int, top: int, hei
         cv2.rectangle(image, (left, y + 1), (left + max(length, 1), y + row - 1), COLORS[emotion], -1)
 
 
-def render(rows: list[dict[str, str]], folder: str | Path, plots: bool = True) -> list[Path]:
-    """Write annotated copies (and timeline PNGs for videos, when matplotlib is there) of every source in
-    ``rows`` into ``folder``; returns the files written. Sources that cannot be read any more are skipped
-    with a message on stderr."""
+def render(rows: list[dict[str, str]], folder: str | Path, plots: bool = True, copies: bool = True) -> list[Path]:
+    """Write annotated copies (``copies``) and timeline PNGs for videos (``plots``, when matplotlib is there) of
+    every source in ``rows`` into ``folder``; returns the files written. Sources that cannot be read any more are
+    skipped with a message on stderr."""
     import sys
 
     folder = Path(folder)
@@ -95,16 +95,15 @@ def render(rows: list[dict[str, str]], folder: str | Path, plots: bool = True) -
         if kind is None or all(r["status"] == "error" and not r["frame"] for r in source_rows):
             continue
         try:
-            if kind == "image":
-                written.append(_render_image(folder, source, source_rows))
-            else:
-                written.append(_render_video(folder, source, source_rows))
-                if plots:
-                    from fer_batch.plots import timeline
+            if copies:
+                render_one = _render_image if kind == "image" else _render_video
+                written.append(render_one(folder, source, source_rows))
+            if plots and kind == "video":
+                from fer_batch.plots import timeline
 
-                    png = timeline(source, source_rows, safe_target(folder, source, ".timeline.png"))
-                    if png:
-                        written.append(png)
+                png = timeline(source, source_rows, safe_target(folder, source, ".timeline.png"))
+                if png:
+                    written.append(png)
         except (InputError, ValueError, OSError, cv2.error) as error:
             print(f"fer-batch: {source}: not annotated: {error}", file=sys.stderr)
     return written

@@ -86,8 +86,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _summarize(args) -> int:
-    from pathlib import Path
-
     from fer_batch.summary import read_rows, write_summary
 
     try:
@@ -97,22 +95,12 @@ def _summarize(args) -> int:
         print(f"fer-batch: error: {error}", file=sys.stderr)
         return 2
     print(f"fer-batch: wrote {output}", file=sys.stderr)
-    if args.annotate:
+    if args.annotate or args.plots:
         from fer_batch.annotate import render
 
-        print(f"fer-batch: wrote {len(render(rows, args.annotate))} files into {args.annotate}", file=sys.stderr)
-    elif args.plots:
-        from fer_batch.annotate import safe_target
-        from fer_batch.plots import timeline
-
-        by_source: dict[str, list[dict[str, str]]] = {}
-        for row in rows:
-            if row["frame"]:
-                by_source.setdefault(row["source"], []).append(row)
-        written = [timeline(source, video_rows, safe_target(Path(args.plots), source, ".timeline.png"))
-                   for source, video_rows in by_source.items()]
-        print(f"fer-batch: wrote {sum(p is not None for p in written)} timeline plots into {args.plots}",
-              file=sys.stderr)
+        folder = args.annotate or args.plots
+        written = render(rows, folder, copies=bool(args.annotate))
+        print(f"fer-batch: wrote {len(written)} files into {folder}", file=sys.stderr)
     return 0
 
 

@@ -194,7 +194,7 @@ def _corners(box: tuple[float, float, float, float]) -> tuple[float, float, floa
 
 
 def rows_for(item: Item, faces) -> list[Row]:
-    """The CSV rows of one decoded image from its faces (an empty list of faces gives one no_face row)."""
+    """The CSV rows of an image, or of a video frame without faces (an empty list gives one no_face row)."""
     base = dict(source=item.source.name, frame=item.frame, time_s=item.time_s)
     if not faces:
         return [Row(**base, status="no_face")]
