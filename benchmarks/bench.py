@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="fer-batch-bench-"))
     video = args.video or make_clip(work / "clip.mp4")
     folder = args.folder or make_folder(work / "photos")
-    from training.export import describe_hardware  # no TensorFlow at import
+    from fer_batch.system import describe_hardware  # no TensorFlow at import
 
     results: dict = {"machine": describe_hardware(), "python": platform.python_version()}
 

@@ -12,6 +12,7 @@ The contract, written into the model's ``metadata_props`` by ``fer-train export`
 from __future__ import annotations
 
 import json
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -53,8 +54,9 @@ class EmotionClassifier:
         # Columns of the model's output in EMOTIONS order, so callers always see FER's label order.
         self._order = [self.labels.index(name) for name in EMOTIONS]
 
-    def predict(self, faces: np.ndarray) -> np.ndarray:
-        """Probabilities (N, 7), in EMOTIONS order, for uint8 grey faces (N, H, W) at the model's input size."""
+    def predict(self, faces: np.ndarray, timings: dict | None = None) -> np.ndarray:
+        """Probabilities (N, 7), in EMOTIONS order, for uint8 grey faces (N, H, W) at the model's input size.
+        ``timings``, when given, accumulates the seconds spent in onnxruntime under ``classify_onnx``."""
         if len(faces) == 0:
             return np.zeros((0, len(EMOTIONS)), np.float32)
         if faces.shape[1:] != (self.height, self.width):
@@ -63,8 +65,11 @@ class EmotionClassifier:
         if self.input_spec.get("scale") == "0-1":
             batch /= 255.0
         batch = batch[:, None] if self.input_spec["layout"] == "NCHW" else batch[..., None]
+        started = time.perf_counter()
         outputs = [self.session.run(None, {self.input_name: batch[i:i + self.batch_size]})[0]
                    for i in range(0, len(batch), self.batch_size)]
+        if timings is not None:
+            timings["classify_onnx"] = timings.get("classify_onnx", 0.0) + time.perf_counter() - started
         scores = np.concatenate(outputs).astype(np.float32)
         if self.output_kind == "logits":
             scores = np.exp(scores - scores.max(axis=1, keepdims=True))

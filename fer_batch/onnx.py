@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
 import onnxruntime as ort
+
+from fer_batch.system import available_cores
 
 
 class ModelError(ValueError):
     """A model file that cannot be loaded or does not follow the expected contract."""
-
-
-def default_threads() -> int:
-    """Threads for one onnxruntime session: the cores this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def make_session(model: str | bytes, threads: int = 0, providers: list[str] | None = None,
@@ -34,7 +26,7 @@ def make_session(model: str | bytes, threads: int = 0, providers: list[str] | No
         raise ModelError(f"{name}: execution provider(s) {', '.join(missing)} not available; "
                          f"this onnxruntime offers {', '.join(available)}")
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or default_threads()
+    options.intra_op_num_threads = threads or available_cores()
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 from pathlib import Path
 
 import numpy as np
 
 from fer_batch.classify import META_INPUT, META_LABELS, META_OUTPUT, META_TRAINING
 from fer_batch.labels import EMOTIONS
+from fer_batch.system import describe_hardware
 
 log = logging.getLogger(__name__)
 PARITY_TOLERANCE = 1e-4
@@ -56,22 +56,6 @@ def with_flip_averaging(model):
     mirrored = keras.layers.Lambda(lambda x: keras.ops.flip(x, axis=2), name="mirror")(inputs)
     averaged = keras.layers.Average(name="probabilities")([model(inputs), model(mirrored)])
     return keras.Model(inputs, averaged, name=f"{model.name}_flip_avg")
-
-
-def describe_hardware() -> str:
-    """'AMD EPYC, 2 cores (x86_64)' from /proc/cpuinfo where there is one."""
-    import os
-
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} cores " \
-           f"({platform.machine()})"
 
 
 def training_summary(path: Path, model) -> dict:

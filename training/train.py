@@ -195,7 +195,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
             raise FileExistsError(f"{run}: holds a run already; use --resume to continue it or pick another --out")
         run.mkdir(parents=True, exist_ok=True)
         _write_json(run / "config.json", config.to_json())
-        from training.export import describe_hardware
+        from fer_batch.system import describe_hardware
 
         state = {"epochs_done": 0, "best_val_accuracy": -1.0, "best_epoch": 0, "train_seconds": 0.0,
                  "hardware": describe_hardware()}
