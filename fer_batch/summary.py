@@ -26,6 +26,14 @@ def summary_path(csv_path: str | Path) -> Path:
     return csv_path.with_name(stem + ".summary.csv")
 
 
+def run_info_path(csv_path: str | Path) -> Path:
+    """``OUT.csv`` -> ``OUT.run.json``, beside it: the run's settings, versions and totals (written by the runner,
+    read by the report)."""
+    csv_path = Path(csv_path)
+    stem = csv_path.name[: -len(csv_path.suffix)] if csv_path.suffix else csv_path.name
+    return csv_path.with_name(stem + ".run.json")
+
+
 def read_rows(csv_path: str | Path) -> list[dict[str, str]]:
     with open(csv_path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
