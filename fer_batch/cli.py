@@ -21,6 +21,11 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _workers(text: str) -> int:
+    """'auto' -> 0 (decided from the usable cores), else a positive count."""
+    return 0 if text == "auto" else _positive_int(text)
+
+
 def _probability(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -54,8 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--detect-size", type=_positive_int, default=640, metavar="PX",
                        help="shrink images to this long side for detection (default 640; raise it for small "
                             "faces in big photos)")
+    label.add_argument("--workers", type=_workers, default=0, metavar="N|auto",
+                       help="worker processes, each with its own models (default auto: one per usable core; "
+                            "1: all in this process)")
     label.add_argument("--threads", type=int, default=0, metavar="N",
-                       help="onnxruntime threads per model (default 0: all cores)")
+                       help="onnxruntime threads per model in each worker (default 0: the usable cores divided "
+                            "among the workers)")
+    label.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="local (default): this machine; ray: a Ray cluster through Ray Data (pip install "
+                            "'fer-batch[ray]'; inputs must be readable at the same path on every node)")
+    label.add_argument("--ray-address", metavar="ADDR",
+                       help="with --engine ray: the cluster to join, e.g. 10.0.0.5:6379 (default: RAY_ADDRESS, "
+                            "else a local Ray started for this run)")
     label.add_argument("--batch", type=_positive_int, default=8, metavar="N",
                        help="items per model call (default 8)")
     label.add_argument("--smooth", type=float, default=0.0, metavar="SECONDS",
@@ -117,7 +132,8 @@ def _label(args) -> int:
         return 2
     config = LabelConfig(model=args.model, detector=args.detector, align=args.align, every=args.every,
                          min_face=args.min_face, face_threshold=args.face_threshold, detect_size=args.detect_size,
-                         threads=args.threads, batch=args.batch, resume=args.resume, force=args.force,
+                         threads=args.threads, workers=args.workers, engine=args.engine,
+                         ray_address=args.ray_address, batch=args.batch, resume=args.resume, force=args.force,
                          progress=not args.quiet, smooth=args.smooth, annotate=args.annotate, summary=args.summary)
     try:
         summary = label_files(args.inputs, args.output, config)

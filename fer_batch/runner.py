@@ -1,27 +1,32 @@
-"""A whole labelling job: inputs -> decode (background thread) -> detect + classify (batched) -> CSV rows.
+"""A whole labelling job: plan work units -> an engine analyses them -> merge in order, track, smooth, write.
 
-Decoding runs in a thread while onnxruntime works (OpenCV and onnxruntime both release the GIL); the frames of
-several items go through the detector and the classifier together. One bad file becomes an error row and the
-job goes on; rows are written item by item, so an interruption loses nothing that was written.
+The runner plans units (groups of images, frame ranges of videos; see :mod:`fer_batch.work`), an engine runs the
+analysis (in this process, in worker processes, or on a Ray cluster), and one merge step puts the results back in
+plan order, tracks faces and smooths along tracks per video, and writes each item's rows at once. One bad file
+becomes an error row and the job goes on; rows are written item by item, so an interruption loses nothing that
+was written, and --resume plans only what is missing.
 """
 
 from __future__ import annotations
 
-import queue
+import json
+import math
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from fer_batch.labels import EMOTIONS
-from fer_batch.recognizer import EmotionRecognizer
-from fer_batch.sources import InputError, Source, count_frames, discover, open_video, read_image, video_frames
+from fer_batch.sources import Source, discover
 from fer_batch.track import Smoother, Tracker
+from fer_batch.work import ItemResult, WorkUnit
 from fer_batch.writer import CsvSink, Row
+
+ENGINES = ("local", "ray")
 
 
 class UsageError(Exception):
@@ -37,7 +42,10 @@ class LabelConfig:
     min_face: float = 20.0  # px, in the original image
     face_threshold: float = 0.8
     detect_size: int = 640  # the detector sees images shrunk to this long side
-    threads: int = 0  # onnxruntime threads per session; 0 = all cores
+    threads: int = 0  # onnxruntime threads per model and worker; 0 = the cores divided among the workers
+    workers: int = 0  # worker processes; 0 = auto (the cores this process may use); 1 = in this process
+    engine: str = "local"  # "local" (this machine) or "ray" (a Ray cluster, through Ray Data)
+    ray_address: str | None = None  # a running Ray cluster (default: RAY_ADDRESS, else a local one)
     providers: list[str] | None = None
     resume: bool = False
     force: bool = False
@@ -48,6 +56,14 @@ class LabelConfig:
     track_gap: float = 1.0  # seconds a track survives without a detection
     annotate: str | None = None  # folder for annotated copies and timeline plots
     summary: bool = True  # write OUT.summary.csv next to the CSV
+    annotate_codec: str = "h264"  # codec of annotated videos
+    report: str | None = None  # write an HTML report here after the run
+
+    def recognizer_options(self, threads: int | None = None) -> dict:
+        """EmotionRecognizer's keyword arguments (picklable, for worker processes and Ray actors)."""
+        return dict(model=self.model, detector=self.detector, align=self.align, face_threshold=self.face_threshold,
+                    min_face=self.min_face, detect_size=self.detect_size,
+                    threads=self.threads if threads is None else threads, providers=self.providers)
 
 
 @dataclass
@@ -61,6 +77,11 @@ class RunSummary:
     problems: list[str] = field(default_factory=list)
     summary_csv: Path | None = None
     annotated: list[Path] = field(default_factory=list)
+    report: Path | None = None
+    engine: str = "local"
+    workers: int = 1
+    threads: int = 0  # onnxruntime threads per worker
+    restarts: int = 0  # workers replaced after a crash
 
     @property
     def items_per_second(self) -> float:
@@ -70,88 +91,6 @@ class RunSummary:
         text = (f"{self.items} items, {self.faces} faces, {self.no_face} with no face, {self.errors} errors, "
                 f"{self.elapsed:.1f} s, {self.items_per_second:.1f} items/s")
         return text + (f" ({self.skipped} already done)" if self.skipped else "")
-
-
-@dataclass
-class Item:
-    source: Source
-    frame: int | None = None
-    time_s: float | None = None
-    image: np.ndarray | None = None
-    error: str = ""
-    fps: float = 0.0
-
-
-_DONE = object()
-
-
-def iter_items(sources: list[Source], every: int, done: set[tuple[str, str]], stop: threading.Event
-               ) -> Iterator[Item | None]:
-    """Decoded items in input order; None for an item skipped because the CSV has it already."""
-    frames_done: dict[str, set[int]] = {}
-    for name, frame in done:
-        if frame:
-            frames_done.setdefault(name, set()).add(int(frame))
-    for source in sources:
-        if stop.is_set():
-            return
-        if source.kind == "image":
-            if (source.name, "") in done:
-                yield None
-                continue
-            try:
-                yield Item(source, image=read_image(source.path))
-            except InputError as error:
-                yield Item(source, error=str(error))
-            continue
-        yield from _video_items(source, every, done, frames_done.get(source.name, set()), stop)
-
-
-def _video_items(source: Source, every: int, done: set[tuple[str, str]], skip: set[int], stop: threading.Event
-                 ) -> Iterator[Item | None]:
-    if (source.name, "") in done:  # the video failed to open last time: its error row is there
-        yield None
-        return
-    try:
-        capture, info = open_video(source.path)
-    except InputError as error:
-        yield Item(source, error=str(error))
-        return
-    analysed = read = 0
-    try:
-        for index, frame in video_frames(capture, every, skip):
-            read = index + 1
-            if stop.is_set():
-                return
-            if frame is None:
-                yield None
-            else:
-                analysed += 1
-                yield Item(source, frame=index, time_s=index / info.fps, image=frame, fps=info.fps)
-    finally:
-        capture.release()
-    if analysed == 0 and not skip:
-        yield Item(source, error="video has no decodable frames")
-    elif info.frame_count and read < info.frame_count - max(2, info.frame_count // 100):
-        if read not in skip:
-            yield Item(source, frame=read, time_s=read / info.fps,
-                       error=f"video ended early: decoded {read} of the {info.frame_count} frames its container "
-                             f"announces (truncated or corrupt)")
-
-
-def _producer(sources, every, done, out: queue.Queue, stop: threading.Event) -> None:
-    try:
-        for item in iter_items(sources, every, done, stop):
-            while not stop.is_set():
-                try:
-                    out.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-    except BaseException as error:  # hand unexpected failures to the main thread rather than dying silently
-        out.put(error)
-    finally:
-        out.put(_DONE)
 
 
 class VideoState:
@@ -175,158 +114,282 @@ class VideoState:
                     self.smoother.restore(int(row["track"]), float(row["time_s"]),
                                           np.array([float(row[e]) for e in EMOTIONS]))
 
-    def rows(self, item: Item, faces) -> list[Row]:
-        tracks = self.tracker.update(item.frame, np.array([_corners(f.box) for f in faces]).reshape(-1, 4))
+    def rows(self, result: ItemResult) -> list[Row]:
+        corners = np.concatenate([result.boxes[:, :2], result.boxes[:, :2] + result.boxes[:, 2:]], axis=1)
+        tracks = self.tracker.update(result.frame, corners.astype(np.float64))
         rows = []
-        for index, (face, track) in enumerate(zip(faces, tracks)):
-            probabilities = face.probabilities
+        for index, (box, score, probabilities, track) in enumerate(
+                zip(result.boxes, result.scores, result.probabilities, tracks)):
             if self.smoother:
-                probabilities = self.smoother.update(track, item.time_s, probabilities)
-            rows.append(Row(source=item.source.name, frame=item.frame, time_s=item.time_s, face=index, track=track,
-                            box=face.box, face_score=face.score, probabilities=probabilities,
+                probabilities = self.smoother.update(track, result.time_s, probabilities)
+            rows.append(Row(source=result.source, frame=result.frame, time_s=result.time_s, face=index, track=track,
+                            box=tuple(float(v) for v in box), face_score=float(score), probabilities=probabilities,
                             smooth_s=self.smoother.seconds if self.smoother else 0.0))
         return rows
 
 
-def _corners(box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
-    x, y, w, h = box
-    return x, y, x + w, y + h
-
-
-def rows_for(item: Item, faces) -> list[Row]:
-    """The CSV rows of an image, or of a video frame without faces (an empty list gives one no_face row)."""
-    base = dict(source=item.source.name, frame=item.frame, time_s=item.time_s)
-    if not faces:
+def rows_for(result: ItemResult) -> list[Row]:
+    """The CSV rows of an image, a video frame without faces (one no_face row), or an item that failed."""
+    base = dict(source=result.source, frame=result.frame, time_s=result.time_s)
+    if result.error:
+        return [Row(**base, status="error", error=result.error)]
+    if not result.faces:
         return [Row(**base, status="no_face")]
-    return [Row(**base, face=i, box=face.box, face_score=face.score, probabilities=face.probabilities)
-            for i, face in enumerate(faces)]
+    return [Row(**base, face=i, box=tuple(float(v) for v in box), face_score=float(score), probabilities=p)
+            for i, (box, score, p) in enumerate(zip(result.boxes, result.scores, result.probabilities))]
+
+
 
 
 def label_files(inputs: list[str], output: str | Path, config: LabelConfig | None = None,
-                recognizer: EmotionRecognizer | None = None) -> RunSummary:
+                recognizer=None) -> RunSummary:
     """Label every image and video frame under ``inputs`` into the CSV ``output``; returns the run's summary.
 
     Raises UsageError (missing inputs, nothing to label), OutputError (output exists or is unwritable) and
-    ModelError (bad model) before any work starts; per-file problems become error rows instead.
+    ModelError (bad model) before any work starts; per-file problems become error rows instead. A ``recognizer``
+    given here runs in this process (one worker).
     """
-    from tqdm import tqdm
-
     config = config or LabelConfig()
+    started_at = datetime.now(timezone.utc)
+    started = time.perf_counter()
     missing = [given for given in inputs if not Path(given).exists()]
     if missing:
         raise UsageError(f"no such file or folder: {', '.join(missing)}")
     if config.every < 1:
         raise UsageError("--every must be 1 or more")
-    sources, problems = discover(inputs)
-    if not sources and not problems:
-        raise UsageError(f"no images or videos found in {', '.join(inputs)}")
-    recognizer = recognizer or EmotionRecognizer(
-        config.model, detector=config.detector, align=config.align, face_threshold=config.face_threshold,
-        min_face=config.min_face, detect_size=config.detect_size, threads=config.threads, providers=config.providers)
-    summary = RunSummary()
-    started = time.perf_counter()
-    with CsvSink(output, resume=config.resume, force=config.force) as sink:
-        mixed = sink.smooth_values - {f"{config.smooth:g}"}
-        if mixed:
-            raise UsageError(f"{output} holds video rows with smooth_s {', '.join(sorted(mixed))}; resume with the "
-                             f"same --smooth as the interrupted run")
-        for problem in problems:
-            summary.problems.append(f"{problem.path}: {problem.message}")
-            if (problem.path, "") not in sink.done:
-                sink.write_item([Row(source=problem.path, status="error", error=problem.message)])
-                summary.errors += 1
-        total = sum(_planned_items(source, config.every) for source in sources)
-        progress = tqdm(total=total or None, unit="item", disable=not config.progress, file=sys.stderr,
-                        dynamic_ncols=True, smoothing=0.1)
-        items: queue.Queue = queue.Queue(maxsize=max(config.prefetch, config.batch))
-        stop = threading.Event()
-        decoder = threading.Thread(target=_producer, args=(sources, config.every, sink.done, items, stop),
-                                   name="fer-batch-decode", daemon=True)
-        decoder.start()
-        try:
-            _consume(items, recognizer, sink, summary, config, progress)
-        finally:
-            stop.set()
-            progress.close()
-            decoder.join(timeout=5)
+    if config.engine not in ENGINES:
+        raise UsageError(f"unknown engine {config.engine!r}; choose one of {', '.join(ENGINES)}")
+    summary = RunSummary(engine=config.engine)
+    engine = _make_engine(config, recognizer, summary)  # worker processes load their models meanwhile
+    try:
+        sources, problems = discover(inputs)
+        if not sources and not problems:
+            raise UsageError(f"no images or videos found in {', '.join(inputs)}")
+        engine_ready(engine)
+        with CsvSink(output, resume=config.resume, force=config.force) as sink:
+            mixed = sink.smooth_values - {f"{config.smooth:g}"}
+            if mixed:
+                raise UsageError(f"{output} holds video rows with smooth_s {', '.join(sorted(mixed))}; resume with "
+                                 f"the same --smooth as the interrupted run")
+            info_path = _write_run_info(output, inputs, config, summary, started_at, None)
+            for problem in problems:
+                summary.problems.append(f"{problem.path}: {problem.message}")
+                if (problem.path, "") not in sink.done:
+                    sink.write_item([Row(source=problem.path, status="error", error=problem.message)])
+                    summary.errors += 1
+            summary.skipped = len(sink.done)
+            units = plan(sources, sink.done, config, summary.workers)
+            _merge(engine.run(units), sink, summary, config, total=sum(unit.planned_items() for unit in units))
+    finally:
+        engine.close()
+        summary.restarts = getattr(engine, "restarts", 0)
     summary.elapsed = time.perf_counter() - started
-    if config.summary or config.annotate:
-        from fer_batch.summary import read_rows, write_summary
-
-        if config.summary:
-            summary.summary_csv = write_summary(output)
-        if config.annotate:
-            from fer_batch.annotate import render
-
-            summary.annotated = render(read_rows(output), config.annotate)
+    _write_run_info(output, inputs, config, summary, started_at, datetime.now(timezone.utc), info_path)
+    finish_outputs(output, inputs, config, summary)
     return summary
 
 
-def _planned_items(source: Source, every: int) -> int:
-    return 1 if source.kind == "image" else max(count_frames(source.path, every), 1)
+def finish_outputs(output: str | Path, inputs: list[str], config: LabelConfig, summary: RunSummary) -> None:
+    """What comes after the CSV: OUT.summary.csv, annotated copies, the HTML report (all from the CSV)."""
+    if not (config.summary or config.annotate or config.report):
+        return
+    from fer_batch.summary import read_rows, write_summary
+
+    if config.summary:
+        summary.summary_csv = write_summary(output)
+    if config.annotate:
+        from fer_batch.annotate import render
+
+        summary.annotated = render(read_rows(output), config.annotate, inputs=inputs, codec=config.annotate_codec)
+    if config.report:
+        from fer_batch.report import write_report
+
+        summary.report = write_report(output, config.report, annotated=config.annotate)
 
 
-def _consume(items: queue.Queue, recognizer, sink: CsvSink, summary: RunSummary, config: LabelConfig,
-             progress) -> None:
-    """Take decoded items in batches, run the models, write each item's rows in order."""
-    batch = config.batch
-    video: list[VideoState | None] = [None]  # the video being labelled, if any
-    finished = False
-    while not finished:
-        pending: list[Item] = []
-        entry = items.get()
-        while True:
-            if entry is _DONE:
-                finished = True
-                break
-            if isinstance(entry, BaseException):
-                raise entry
-            if entry is None:
-                summary.skipped += 1
-                progress.update(1)
-            else:
-                pending.append(entry)
-            if len(pending) >= batch:
-                break
-            try:
-                entry = items.get_nowait()
-            except queue.Empty:
-                break
-        _process(pending, recognizer, sink, summary, config, video)
-        progress.update(len(pending))
+def _make_engine(config: LabelConfig, recognizer, summary: RunSummary):
+    """The engine for this run: a Ray cluster, worker processes, or this process; started at once."""
+    from fer_batch.system import available_cores
+
+    cores = available_cores()
+    if config.engine == "ray":
+        from fer_batch.ray_engine import RayEngine
+
+        engine = RayEngine(config)
+        summary.workers, summary.threads = engine.workers, engine.threads
+        return engine
+    workers = 1 if recognizer is not None else (config.workers or cores)
+    threads = config.threads or max(1, cores // workers)
+    summary.workers, summary.threads = workers, threads
+    if workers == 1:
+        from fer_batch.engines import InProcessEngine
+        from fer_batch.recognizer import EmotionRecognizer
+
+        recognizer = recognizer or EmotionRecognizer(**config.recognizer_options(threads))
+        return InProcessEngine(recognizer, batch=config.batch, prefetch=config.prefetch)
+    from fer_batch.engines import ProcessEngine
+
+    engine = ProcessEngine(workers, config.recognizer_options(threads), batch=config.batch)
+    engine.start()
+    return engine
 
 
-def _process(pending: list[Item], recognizer, sink: CsvSink, summary: RunSummary, config: LabelConfig,
-             video: list[VideoState | None]) -> None:
-    decoded = [item for item in pending if item.image is not None]
-    try:
-        results = recognizer.predict_batch([item.image for item in decoded])
-    except Exception:  # isolate the failing item: redo the batch one by one below
-        results = None
-    by_item = {}
-    for position, item in enumerate(decoded):
-        if results is not None:
-            by_item[id(item)] = results[position]
-            continue
+def engine_ready(engine) -> None:
+    """Wait until the engine's workers have loaded their models; a model they cannot load is a ModelError."""
+    from fer_batch.engines import EngineError
+    from fer_batch.onnx import ModelError
+
+    wait = getattr(engine, "wait_ready", None)
+    if wait is not None:
         try:
-            by_item[id(item)] = recognizer.predict(item.image)
-        except Exception as error:  # one bad item never stops the batch: it becomes an error row
-            item.error = f"analysis failed: {type(error).__name__}: {error}"
-    for item in pending:
-        if item.error:
-            rows = [Row(source=item.source.name, frame=item.frame, time_s=item.time_s, status="error",
-                        error=item.error)]
-            summary.errors += 1
-        else:
-            faces = by_item[id(item)]
-            if item.frame is None or not faces:
-                rows = rows_for(item, faces)
+            wait()
+        except EngineError as error:
+            raise ModelError(str(error)) from None
+
+
+# Frames per video unit when workers share a video: enough for full model batches and cheap seeks, few enough
+# that every worker gets several units (the last ones finish together).
+MIN_CHUNK_FRAMES = 32
+MAX_CHUNK_FRAMES = 1500
+UNITS_PER_WORKER = 4
+
+
+def plan(sources: list[Source], done: set[tuple[str, str]], config: LabelConfig, workers: int = 1
+         ) -> list[WorkUnit]:
+    """Work units in input order: images in groups, videos whole (one worker) or in frame ranges that start at
+    keyframes where they can (several workers). Items already in the CSV (``done``) are left out."""
+    frames_done: dict[str, set[int]] = {}
+    for name, frame in done:
+        if frame:
+            frames_done.setdefault(name, set()).add(int(frame))
+    group = config.batch if workers > 1 else config.batch * 8
+    units: list[WorkUnit] = []
+    images: list[Source] = []
+
+    def flush() -> None:
+        while images:
+            units.append(WorkUnit(len(units), tuple(images[:group])))
+            del images[:group]
+
+    for source in sources:
+        if source.kind == "image":
+            if (source.name, "") not in done:
+                images.append(source)
+                if len(images) >= group:
+                    flush()
+            continue
+        flush()
+        if (source.name, "") in done:  # the video failed to open last time: its error row is there
+            continue
+        skip = frozenset(frames_done.get(source.name, ()))
+        for start, stop, expected, last in _video_ranges(source, config.every, workers):
+            unit = WorkUnit(len(units), (source,), start=start, stop=stop, every=config.every,
+                            skip=frozenset(f for f in skip if start <= f < (stop if stop is not None else math.inf)),
+                            expected=expected, last=last)
+            if unit.planned_items() > 0 or not skip:
+                units.append(unit)
+    flush()
+    return units
+
+
+def _video_ranges(source: Source, every: int, workers: int) -> Iterator[tuple[int, int | None, int, bool]]:
+    """(start, stop, expected frames, last) for the units of one video."""
+    from fer_batch.sources import InputError
+    from fer_batch.video import VideoReader
+
+    try:
+        with VideoReader(source.path) as reader:
+            count, keyframes, seekable = reader.info.frame_count, reader.keyframes(), reader.seekable
+    except InputError:
+        yield 0, None, 0, True  # the unit reports the error
+        return
+    if workers <= 1 or not seekable or count <= MIN_CHUNK_FRAMES:
+        yield 0, None, count, True
+        return
+    size = min(MAX_CHUNK_FRAMES, max(MIN_CHUNK_FRAMES * every, math.ceil(count / (workers * UNITS_PER_WORKER))))
+    starts = [0]
+    while starts[-1] + size < count:
+        target = starts[-1] + size
+        # Start at a keyframe near the target (no frames decoded twice) unless that makes ranges too uneven.
+        near = [k for k in keyframes if target - size // 2 <= k <= target + size // 2 and k > starts[-1]]
+        starts.append(min(near, key=lambda k: abs(k - target)) if near else target)
+    for position, start in enumerate(starts):
+        last = position == len(starts) - 1
+        yield start, None if last else starts[position + 1], count, last
+
+
+def _merge(events: Iterable[tuple[int, list[ItemResult], bool]], sink: CsvSink, summary: RunSummary,
+           config: LabelConfig, total: int) -> None:
+    """Write results in plan order as they arrive (units finish out of order); track and smooth per video."""
+    from tqdm import tqdm
+
+    progress = tqdm(total=total or None, unit="item", disable=not config.progress, file=sys.stderr,
+                    dynamic_ncols=True, smoothing=0.1)
+    waiting: dict[int, list[ItemResult]] = {}
+    finished: set[int] = set()
+    state: list[VideoState | None] = [None]
+    next_unit = 0
+    try:
+        for unit_id, results, done in events:
+            progress.update(len(results))
+            if unit_id == next_unit:
+                _write(results, sink, summary, config, state)
             else:
-                if video[0] is None or video[0].source != item.source.name:
-                    video[0] = VideoState(item.source.name, item.fps, config,
-                                          sink.video_rows.pop(item.source.name, []))
-                rows = video[0].rows(item, faces)
-            summary.faces += len(faces)
-            summary.no_face += not faces
+                waiting.setdefault(unit_id, []).extend(results)
+            if done:
+                finished.add(unit_id)
+            while next_unit in finished:  # write everything that is now in order
+                finished.discard(next_unit)
+                next_unit += 1
+                _write(waiting.pop(next_unit, []), sink, summary, config, state)
+    finally:
+        progress.close()
+
+
+def _write(results: list[ItemResult], sink: CsvSink, summary: RunSummary, config: LabelConfig,
+           state: list[VideoState | None]) -> None:
+    for result in results:
+        if result.frame is not None and result.faces and not result.error:
+            video = state[0]
+            if video is None or video.source != result.source:
+                video = state[0] = VideoState(result.source, result.fps or 25.0, config,
+                                              sink.video_rows.pop(result.source, []))
+            rows = video.rows(result)
+        else:
+            rows = rows_for(result)
+        summary.errors += bool(result.error)
+        summary.faces += result.faces
+        summary.no_face += not result.error and not result.faces
         sink.write_item(rows)
         summary.items += 1
+
+
+def run_info_path(csv_path: str | Path) -> Path:
+    """``OUT.csv`` -> ``OUT.run.json``, beside it."""
+    csv_path = Path(csv_path)
+    stem = csv_path.name[: -len(csv_path.suffix)] if csv_path.suffix else csv_path.name
+    return csv_path.with_name(stem + ".run.json")
+
+
+def _write_run_info(output, inputs: list[str], config: LabelConfig, summary: RunSummary, started_at: datetime,
+                    finished_at: datetime | None, path: Path | None = None) -> Path:
+    """OUT.run.json: the run's inputs, settings, versions, model and machine (for the report and for later)."""
+    from fer_batch.classify import default_model_path
+    from fer_batch.system import describe_hardware, versions
+
+    path = path or run_info_path(output)
+    info = {
+        "fer_batch": versions()["fer_batch"], "inputs": list(inputs),
+        "settings": {k: v for k, v in asdict(config).items() if k not in ("progress",)},
+        "versions": versions(), "model": {"path": str(config.model or default_model_path())},
+        "machine": describe_hardware(), "started": started_at.isoformat(timespec="seconds"),
+        "finished": finished_at.isoformat(timespec="seconds") if finished_at else None,
+        "elapsed_s": round(summary.elapsed, 3), "items": summary.items, "faces": summary.faces,
+        "no_face": summary.no_face, "errors": summary.errors, "skipped": summary.skipped,
+        "problems": summary.problems[:1000], "annotate": config.annotate, "engine": summary.engine,
+        "workers": summary.workers, "threads": summary.threads, "restarts": summary.restarts,
+    }
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    temporary.replace(path)
+    return path

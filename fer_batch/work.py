@@ -1,0 +1,211 @@
+"""Work units and their analysis: the seam between the runner and its engines.
+
+The runner plans :class:`WorkUnit` s (a group of images, or a frame range of one video); an engine (in-process,
+worker processes, Ray) runs :func:`analyse` on each unit where it is, decoding what it analyses, and sends back
+only small :class:`ItemResult` s (boxes, scores, probabilities). The runner merges them in plan order, tracks,
+smooths and writes. The pipeline is written once, here; engines differ only in where ``analyse`` runs.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fer_batch.sources import InputError, Source, read_image
+
+# A video stopping this many frames (or 1 %) short of what its index or header announces is reported as ending early.
+_EARLY_END_SLACK = 2
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """Images to analyse, or frames ``start`` .. ``stop`` (exclusive) of one video."""
+
+    id: int
+    sources: tuple[Source, ...]
+    start: int = 0
+    stop: int | None = None  # None: to the end of the video
+    every: int = 1
+    skip: frozenset[int] = frozenset()  # frames already in the CSV (--resume)
+    expected: int = 0  # frames the video should have (index or header), to report an early end; 0: unknown
+    last: bool = True  # the video's final range: it reports an early end
+
+    @property
+    def is_video(self) -> bool:
+        return self.sources[0].kind == "video"
+
+    def planned_items(self) -> int:
+        """Items this unit will yield (for progress bars): images, or analysed frames of the range."""
+        if not self.is_video:
+            return len(self.sources)
+        stop = self.stop if self.stop is not None else max(self.expected, self.start)
+        first = -(-self.start // self.every) * self.every
+        return max(0, len(range(first, stop, self.every)) - sum(1 for f in self.skip if self.start <= f < stop))
+
+
+@dataclass
+class ItemResult:
+    """The faces of one image or one analysed video frame, or why it could not be analysed."""
+
+    source: str
+    frame: int | None = None
+    time_s: float | None = None
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))  # x, y, w, h
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    probabilities: np.ndarray = field(default_factory=lambda: np.zeros((0, 7), np.float32))
+    error: str = ""
+    fps: float = 0.0  # videos: the average frame rate (the parent's tracker counts gaps in frames)
+
+    @property
+    def faces(self) -> int:
+        return len(self.scores)
+
+
+@dataclass
+class _Pending:
+    """A decoded item on its way to the models."""
+
+    source: Source
+    frame: int | None = None
+    time_s: float | None = None
+    image: np.ndarray | None = None
+    error: str = ""
+    fps: float = 0.0
+
+
+def analyse(unit: WorkUnit, recognizer, batch: int = 8, prefetch: int = 0, timings: dict | None = None
+            ) -> Iterator[list[ItemResult]]:
+    """Decode and analyse one unit; yields its results in order, a model batch at a time.
+
+    ``prefetch`` > 0 decodes in a background thread, up to that many items ahead (decoders and onnxruntime both
+    release the GIL). Per-item failures (an unreadable image, a frame the models reject) become error results;
+    ``timings``, when given, accumulates seconds spent decoding and in each model.
+    """
+    items = _decoded(unit)
+    if prefetch > 0:
+        items = _prefetched(items, prefetch)
+    pending: list[_Pending] = []
+    clock = time.perf_counter
+    while True:
+        started = clock()
+        item = next(items, None)
+        if timings is not None:
+            timings["decode"] = timings.get("decode", 0.0) + clock() - started
+        if item is not None:
+            pending.append(item)
+        if pending and (item is None or len(pending) >= batch):
+            yield _run_models(pending, recognizer, timings)
+            pending = []
+        if item is None:
+            return
+
+
+def _decoded(unit: WorkUnit) -> Iterator[_Pending]:
+    if not unit.is_video:
+        for source in unit.sources:
+            try:
+                yield _Pending(source, image=read_image(source.path))
+            except InputError as error:
+                yield _Pending(source, error=str(error))
+        return
+    yield from _video_items(unit)
+
+
+def _video_items(unit: WorkUnit) -> Iterator[_Pending]:
+    from fer_batch.video import VideoReader
+
+    source = unit.sources[0]
+    try:
+        reader = VideoReader(source.path, threads=1)
+    except InputError as error:
+        yield _Pending(source, error=str(error))
+        return
+    with reader:
+        fps = reader.info.fps
+        expected = unit.stop if unit.stop is not None else max(unit.expected, reader.info.frame_count)
+        last = unit.start - 1
+        for frame in reader.frames(unit.start, unit.stop, unit.every, unit.skip):
+            last = frame.index
+            if frame.image is not None:
+                yield _Pending(source, frame=frame.index, time_s=frame.time_s, image=frame.image, fps=fps)
+        if unit.last:
+            expected = max(expected, reader.info.announced_frames)
+        missing_from = last + 1
+        slack = max(_EARLY_END_SLACK, expected // 100) if unit.last else 0
+        if missing_from < expected - slack and missing_from not in unit.skip:
+            what = ("video has no decodable frames" if missing_from == 0 else
+                    f"video ended early: decoded frames up to {missing_from} of the {expected} frames "
+                    f"{'its container announces' if unit.last else 'in its index'} (truncated or corrupt)")
+            yield _Pending(source, frame=missing_from, time_s=missing_from / fps, error=what, fps=fps)
+
+
+def _run_models(pending: list[_Pending], recognizer, timings: dict | None) -> list[ItemResult]:
+    """Detect and classify the decoded items of a batch; a failing batch is redone item by item."""
+    decoded = [item for item in pending if not item.error]
+    faces_of: dict[int, list] = {}
+    try:
+        for item, faces in zip(decoded, recognizer.predict_batch([item.image for item in decoded], timings)):
+            faces_of[id(item)] = faces
+    except Exception:  # isolate the failing item: redo the batch one by one
+        for item in decoded:
+            try:
+                faces_of[id(item)] = recognizer.predict_batch([item.image], timings)[0]
+            except Exception as error:  # one bad item never stops the batch: it becomes an error result
+                item.error = f"analysis failed: {type(error).__name__}: {error}"
+    results = []
+    for item in pending:
+        result = ItemResult(item.source.name, item.frame, item.time_s, error=item.error, fps=item.fps)
+        faces = faces_of.get(id(item)) if not item.error else None
+        if faces:
+            result.boxes = np.array([face.box for face in faces], np.float32)
+            result.scores = np.array([face.score for face in faces], np.float32)
+            result.probabilities = np.stack([face.probabilities for face in faces]).astype(np.float32)
+        results.append(result)
+    return results
+
+
+_END = object()
+
+
+def _prefetched(items: Iterable[_Pending], depth: int) -> Iterator[_Pending]:
+    """Run the ``items`` iterator in a background thread, ``depth`` items ahead; errors are re-raised here."""
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+        except BaseException as error:  # hand it to the consumer rather than dying silently
+            put(error)
+            return
+        put(_END)
+
+    thread = threading.Thread(target=produce, name="fer-batch-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            entry = buffer.get()
+            if entry is _END:
+                return
+            if isinstance(entry, BaseException):
+                raise entry
+            yield entry
+    finally:
+        stop.set()
+        thread.join(timeout=5)
