@@ -82,6 +82,7 @@ class RunSummary:
     workers: int = 1
     threads: int = 0  # onnxruntime threads per worker
     restarts: int = 0  # workers replaced after a crash
+    units_per_node: dict[str, int] = field(default_factory=dict)  # Ray: where the work ran
 
     @property
     def items_per_second(self) -> float:
@@ -183,6 +184,7 @@ def label_files(inputs: list[str], output: str | Path, config: LabelConfig | Non
     finally:
         engine.close()
         summary.restarts = getattr(engine, "restarts", 0)
+        summary.units_per_node = dict(getattr(engine, "units_per_node", {}))
     summary.elapsed = time.perf_counter() - started
     _write_run_info(output, inputs, config, summary, started_at, datetime.now(timezone.utc), info_path)
     finish_outputs(output, inputs, config, summary)
@@ -364,17 +366,11 @@ def _write(results: list[ItemResult], sink: CsvSink, summary: RunSummary, config
         summary.items += 1
 
 
-def run_info_path(csv_path: str | Path) -> Path:
-    """``OUT.csv`` -> ``OUT.run.json``, beside it."""
-    csv_path = Path(csv_path)
-    stem = csv_path.name[: -len(csv_path.suffix)] if csv_path.suffix else csv_path.name
-    return csv_path.with_name(stem + ".run.json")
-
-
 def _write_run_info(output, inputs: list[str], config: LabelConfig, summary: RunSummary, started_at: datetime,
                     finished_at: datetime | None, path: Path | None = None) -> Path:
     """OUT.run.json: the run's inputs, settings, versions, model and machine (for the report and for later)."""
     from fer_batch.classify import default_model_path
+    from fer_batch.summary import run_info_path
     from fer_batch.system import describe_hardware, versions
 
     path = path or run_info_path(output)
@@ -388,6 +384,7 @@ def _write_run_info(output, inputs: list[str], config: LabelConfig, summary: Run
         "no_face": summary.no_face, "errors": summary.errors, "skipped": summary.skipped,
         "problems": summary.problems[:1000], "annotate": config.annotate, "engine": summary.engine,
         "workers": summary.workers, "threads": summary.threads, "restarts": summary.restarts,
+        "units_per_node": summary.units_per_node,
     }
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
