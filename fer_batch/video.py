@@ -32,8 +32,8 @@ import numpy as np
 from fer_batch.sources import InputError
 
 DEFAULT_FPS = 25.0
-_ROTATIONS = {90: cv2.ROTATE_90_COUNTERCLOCKWISE, -90: cv2.ROTATE_90_CLOCKWISE, 270: cv2.ROTATE_90_CLOCKWISE,
-              180: cv2.ROTATE_180, -180: cv2.ROTATE_180}
+# Display rotation (degrees counter-clockwise, as FFmpeg's display matrix gives it) -> the turn that makes it upright.
+_ROTATIONS = {90: cv2.ROTATE_90_COUNTERCLOCKWISE, -90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180}
 
 
 @dataclass(frozen=True)
@@ -156,9 +156,8 @@ class VideoReader:
         first = self._first_frame()
         if first is None:
             raise InputError("video has no decodable frames")
-        rotation = int(round(getattr(first, "rotation", 0) or 0))
-        rotation = rotation if rotation in _ROTATIONS else 0
-        width, height = (first.height, first.width) if rotation in (90, -90, 270) else (first.width, first.height)
+        rotation = {90: 90, 180: 180, 270: -90}.get(round(getattr(first, "rotation", 0) or 0) % 360, 0)
+        width, height = (first.height, first.width) if rotation in (90, -90) else (first.width, first.height)
         time_base = self.stream.time_base or Fraction(1, 90000)
         announced = int(self.stream.frames or 0)
         rate = self.stream.average_rate or self.stream.guessed_rate
