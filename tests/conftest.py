@@ -113,3 +113,76 @@ def read_csv(path: Path) -> list[dict]:
 
     with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
+
+
+_STORE_ROTATED = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE,
+                  -90: cv2.ROTATE_90_COUNTERCLOCKWISE}
+
+
+def write_av_video(path: Path, frames, times_s=None, fps: float = 25.0, rotation: int = 0, audio: str | None = "aac",
+                   bframes: int = 2, codec: str = "libx264", audio_seconds: float | None = None,
+                   pix_fmt: str = "yuv420p") -> Path:
+    """Write upright BGR ``frames`` with PyAV the way phones and cameras do: H.264 with B-frames, each frame at
+    its own time (``times_s``: variable frame rate; default 1/fps apart), stored sideways with a display-rotation
+    tag (``rotation``: degrees counter-clockwise a player turns it), and a 440 Hz tone as audio (``audio``: an
+    FFmpeg encoder such as "aac", "libopus", "pcm_s16le" in .mov/.mkv; None for a silent video). Odd sizes need
+    ``pix_fmt="yuv444p"`` (4:2:0 needs even ones)."""
+    import fractions
+
+    import av
+
+    frames = list(frames)
+    times_s = [index / fps for index in range(len(frames))] if times_s is None else list(times_s)
+    time_base = fractions.Fraction(1, 1000)
+    height, width = frames[0].shape[:2]
+    if rotation % 180:
+        width, height = height, width
+    with av.open(str(path), "w") as output:
+        options = {"bf": str(bframes), "g": "12", "preset": "veryfast"} if codec == "libx264" else {}
+        video = output.add_stream(codec, rate=fractions.Fraction(fps).limit_denominator(1001), options=options)
+        video.width, video.height, video.pix_fmt = width, height, pix_fmt
+        video.time_base = time_base  # both, or PyAV 18 fails with "pts < dts"
+        video.codec_context.time_base = time_base
+        if rotation:
+            video.set_display_rotation(rotation)
+        sound = output.add_stream(audio, rate=48000, layout="mono") if audio else None
+        for image, time_s in zip(frames, times_s):
+            stored = cv2.rotate(image, _STORE_ROTATED[rotation]) if rotation else image
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(stored), format="bgr24")
+            frame.pts, frame.time_base = round(time_s * 1000), time_base
+            for packet in video.encode(frame):
+                output.mux(packet)
+        for packet in video.encode():
+            output.mux(packet)
+        if sound is not None:
+            seconds = audio_seconds or (times_s[-1] + 1 / fps)
+            samples = (0.3 * np.sin(2 * np.pi * 440 * np.arange(int(48000 * seconds)) / 48000)).astype(np.float32)
+            for start in range(0, len(samples), 960):
+                chunk = av.AudioFrame.from_ndarray(samples[None, start:start + 960], format="flt", layout="mono")
+                chunk.sample_rate, chunk.pts, chunk.time_base = 48000, start, fractions.Fraction(1, 48000)
+                for packet in sound.encode(chunk):
+                    output.mux(packet)
+            for packet in sound.encode():
+                output.mux(packet)
+    return path
+
+
+def portrait_frames(astronaut: np.ndarray, count: int = 24, size=(360, 480)):
+    """Upright portrait frames (width x height ``size``): the astronaut's head moving down the picture."""
+    head = cv2.resize(astronaut[20:300, 120:340], None, fx=0.8, fy=0.8)
+    for index in range(count):
+        frame = np.full((size[1], size[0], 3), 40, np.uint8)
+        paste(frame, head, 60 + 2 * index, 10 + 6 * index)
+        yield frame
+
+
+# A phone's variable frame rate: gaps alternate 1/30 s and 1/15 s.
+PHONE_TIMES = [round(sum(1 / 30 if i % 2 else 1 / 15 for i in range(index)), 4) for index in range(24)]
+
+
+@pytest.fixture(scope="session")
+def phone_video(tmp_path_factory, astronaut) -> Path:
+    """What a phone records upright: 360x480 portrait as displayed, stored 480x360 with a 90 degree rotation tag,
+    H.264 with B-frames at a variable frame rate (PHONE_TIMES), and an AAC sound track."""
+    path = tmp_path_factory.mktemp("phone") / "phone clip.mp4"
+    return write_av_video(path, portrait_frames(astronaut), times_s=PHONE_TIMES, rotation=90)
