@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fer_batch.annotate import CODECS
 from fer_batch.detect import DETECTORS
 
 
@@ -12,6 +13,9 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line and status 2, like every other usage error
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise SystemExit(2)
+
+
+_CODECS = tuple(CODECS)  # annotation codecs; PyAV itself is imported only when a video is written
 
 
 def _positive_int(text: str) -> int:
@@ -77,8 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="smooth each video track's probabilities over about SECONDS (default 0: raw); the "
                             "CSV's smooth_s column says which it holds")
     label.add_argument("--annotate", metavar="DIR",
-                       help="write annotated copies (boxes, labels, probability bars; videos as .mp4 with every "
-                            "frame) and per-video timeline PNGs into DIR, mirroring the inputs' paths")
+                       help="write annotated copies (boxes, labels, probability bars; videos with every frame and "
+                            "their sound, H.264 MP4 by default) and per-video timeline SVGs into DIR, named as "
+                            "inside each INPUT")
+    label.add_argument("--annotate-codec", choices=_CODECS, default="h264",
+                       help="codec of annotated videos: h264 (default, .mp4, plays everywhere), vp9 or av1 (.webm), "
+                            "mp4v (.mp4, for old players; not in browsers)")
+    label.add_argument("--report", metavar="FILE",
+                       help="also write a self-contained HTML report of the run to FILE (see fer-batch report)")
     label.add_argument("--no-summary", dest="summary", action="store_false",
                        help="do not write OUT.summary.csv (per source and track) next to OUT.csv")
     label.add_argument("--resume", action="store_true", help="finish an interrupted run into the same OUT.csv")
@@ -90,13 +100,26 @@ def build_parser() -> argparse.ArgumentParser:
                     "per video track.")
     summarize.add_argument("csv", metavar="OUT.csv", help="a CSV written by fer-batch label")
     summarize.add_argument("-o", "--output", help="summary file (default: OUT.summary.csv beside OUT.csv)")
-    summarize.add_argument("--plots", metavar="DIR", help="write one emotion-timeline PNG per video into DIR")
+    summarize.add_argument("--plots", metavar="DIR", help="write one emotion-timeline SVG per video into DIR")
     summarize.add_argument("--annotate", metavar="DIR", help="write annotated copies (and timelines) into DIR")
+    summarize.add_argument("--annotate-codec", choices=_CODECS, default="h264",
+                           help="codec of annotated videos (as for label; default h264)")
+    report = commands.add_parser(
+        "report", help="write a self-contained HTML report of a finished CSV",
+        description="One HTML file that opens offline: run settings and versions (from OUT.run.json), a table per "
+                    "source and track, emotion timelines, face thumbnails, errors, and the annotated copies.")
+    report.add_argument("csv", metavar="OUT.csv", help="a CSV written by fer-batch label")
+    report.add_argument("-o", "--output", metavar="REPORT.html",
+                        help="the page to write (default: OUT.report.html beside OUT.csv)")
+    report.add_argument("--annotated", metavar="DIR",
+                        help="the --annotate folder to link and embed (default: the one OUT.run.json records)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "report":
+        return _report(args)
     return _summarize(args) if args.command == "summarize" else _label(args)
 
 
@@ -112,10 +135,30 @@ def _summarize(args) -> int:
     print(f"fer-batch: wrote {output}", file=sys.stderr)
     if args.annotate or args.plots:
         from fer_batch.annotate import render
+        from fer_batch.report import read_run_info
 
+        info, _ = read_run_info(args.csv)
+        inputs = info.get("inputs") if info else None  # name the copies as the run's INPUTs did
         folder = args.annotate or args.plots
-        written = render(rows, folder, copies=bool(args.annotate))
+        written = render(rows, folder, inputs=[str(i) for i in inputs] if isinstance(inputs, list) else None,
+                         codec=args.annotate_codec, copies=bool(args.annotate))
         print(f"fer-batch: wrote {len(written)} files into {folder}", file=sys.stderr)
+    return 0
+
+
+def _report(args) -> int:
+    from pathlib import Path
+
+    from fer_batch.report import write_report
+
+    csv_path = Path(args.csv)
+    output = args.output or csv_path.with_name((csv_path.stem if csv_path.suffix else csv_path.name) + ".report.html")
+    try:
+        written = write_report(csv_path, output, annotated=args.annotated)
+    except (OSError, ValueError) as error:
+        print(f"fer-batch: error: {error}", file=sys.stderr)
+        return 2
+    print(f"fer-batch: wrote {written}", file=sys.stderr)
     return 0
 
 
@@ -134,7 +177,8 @@ def _label(args) -> int:
                          min_face=args.min_face, face_threshold=args.face_threshold, detect_size=args.detect_size,
                          threads=args.threads, workers=args.workers, engine=args.engine,
                          ray_address=args.ray_address, batch=args.batch, resume=args.resume, force=args.force,
-                         progress=not args.quiet, smooth=args.smooth, annotate=args.annotate, summary=args.summary)
+                         progress=not args.quiet, smooth=args.smooth, annotate=args.annotate, summary=args.summary,
+                         annotate_codec=args.annotate_codec, report=args.report)
     try:
         summary = label_files(args.inputs, args.output, config)
     except (UsageError, OutputError, ModelError) as error:

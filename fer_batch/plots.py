@@ -1,62 +1,66 @@
-"""Emotion timelines: one PNG per video, one panel per track, the seven probabilities over time.
+"""Emotion timelines: one ``.timeline.svg`` per video, one panel per track, the seven probabilities over time.
 
-Needs matplotlib (``pip install 'fer-batch[plot]'``); without it, timelines are skipped with one message.
+Drawn by :mod:`fer_batch.draw` as plain SVG, so timelines come with the default install (no matplotlib), open in
+any browser, and match the report's charts.
 """
 
 from __future__ import annotations
 
-import sys
+from html import escape
 from pathlib import Path
 
-from fer_batch.annotate import COLORS
+import numpy as np
+
+from fer_batch.draw import svg_legend, svg_timeline
 from fer_batch.labels import EMOTIONS
 
-_warned = False
+PANEL_WIDTH, PANEL_HEIGHT = 900, 150
 
 
-def timeline(source: str, rows: list[dict[str, str]], png: Path) -> Path | None:
-    """Draw the probabilities of each track of one video over time into ``png``; None without matplotlib or
-    without any tracked face."""
-    global _warned
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        if not _warned:
-            print("fer-batch: timeline plots need matplotlib: pip install 'fer-batch[plot]'", file=sys.stderr)
-            _warned = True
-        return None
+def track_series(rows: list[dict[str, str]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The face rows of one video grouped by track, in track-id order: track -> (times (N,), probabilities (N, 7)),
+    sorted by time."""
     tracks: dict[str, list[dict[str, str]]] = {}
     for row in rows:
-        if row["status"] == "ok" and row["track"] != "":
+        if row["status"] == "ok" and row.get("track", "") != "" and row.get("time_s", ""):
             tracks.setdefault(row["track"], []).append(row)
-    if not tracks:
-        return None
-    ordered = sorted(tracks, key=int)
-    end = max(float(r["time_s"]) for r in rows if r["time_s"])
-    figure, axes = plt.subplots(len(ordered), 1, figsize=(11, 1.9 * len(ordered) + 0.9), sharex=True,
-                                squeeze=False)
-    for axis, track in zip(axes[:, 0], ordered):
+    series = {}
+    for track in sorted(tracks, key=int):
         members = sorted(tracks[track], key=lambda r: float(r["time_s"]))
-        times = [float(r["time_s"]) for r in members]
-        for emotion in EMOTIONS:
-            blue, green, red = COLORS[emotion]
-            axis.plot(times, [float(r[emotion]) for r in members], ".-" if len(members) < 60 else "-",
-                      color=(red / 255, green / 255, blue / 255), label=emotion, linewidth=1.2, markersize=3)
-        smoothing = members[0].get("smooth_s", "")
-        note = f", smoothed {smoothing} s" if smoothing not in ("", "0") else ""
-        axis.set_title(f"track {track}: {len(members)} frames{note}", fontsize=9, loc="left")
-        axis.set_ylim(0, 1)
-        axis.set_xlim(0, max(end, 1e-3))
-        axis.set_ylabel("probability")
-        axis.grid(alpha=0.3)
-    axes[0, 0].legend(loc="upper center", bbox_to_anchor=(0.5, 1.6), ncol=len(EMOTIONS), fontsize=8, frameon=False)
-    axes[-1, 0].set_xlabel("time (s)")
-    figure.suptitle(Path(source).name, y=0.995, fontsize=10)
-    figure.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(png, dpi=90)
-    plt.close(figure)
-    return png
+        series[track] = (np.array([float(r["time_s"]) for r in members]),
+                         np.array([[float(r[e]) for e in EMOTIONS] for r in members]))
+    return series
+
+
+def timeline_svg(source: str, rows: list[dict[str, str]]) -> str | None:
+    """The SVG document of one video's timelines (None when no face was tracked)."""
+    series = track_series(rows)
+    if not series:
+        return None
+    end = max((float(r["time_s"]) for r in rows if r.get("time_s", "")), default=0.0)
+    smoothing = next((r["smooth_s"] for r in rows if r["status"] == "ok" and r.get("smooth_s", "")), "0")
+    note = f", smoothed over {smoothing} s" if smoothing not in ("", "0") else ""
+    height = 44 + PANEL_HEIGHT * len(series)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{PANEL_WIDTH}" height="{height}" '
+             f'viewBox="0 0 {PANEL_WIDTH} {height}" font-family="sans-serif">',
+             f'<rect width="{PANEL_WIDTH}" height="{height}" fill="#fff"/>',
+             f'<text x="34" y="16" font-size="13" fill="#222">{escape(Path(source).name)}</text>',
+             f'<g transform="translate(0,22)">{svg_legend(PANEL_WIDTH)}</g>']
+    for position, (track, (times, probabilities)) in enumerate(series.items()):
+        panel = svg_timeline(times, probabilities, end, PANEL_WIDTH, PANEL_HEIGHT,
+                             title=f"track {track}: {len(times)} frames{note}")
+        parts.append(f'<g transform="translate(0,{44 + position * PANEL_HEIGHT})">{panel}</g>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def timeline(source: str, rows: list[dict[str, str]], target: Path) -> Path | None:
+    """Write the timelines of one video (``rows``: its CSV rows) to ``target``; None without any tracked face."""
+    document = timeline_svg(source, rows)
+    if document is None:
+        return None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(target.name + ".part")
+    temporary.write_text(document, encoding="utf-8")
+    temporary.replace(target)
+    return target
