@@ -537,6 +537,23 @@ def _find_copies(sources: dict[str, SourceStats], folder: Path, info: dict | Non
         for source, outputs in plan_outputs(readable, folder, inputs, codec).items():
             if source not in copies and outputs.copy is not None and outputs.copy.is_file():
                 copies[source] = outputs.copy
+    # Without the run's INPUTs, names relative to the common parent may not be the ones the run used: look for
+    # the longest tail of the source's path that exists in the folder (a renamed clash stays unlinked).
+    claimed = set(copies.values())
+    for source, kind in readable.items():
+        if source in copies:
+            continue
+        parts = [p for p in PurePath(source.replace("\\", "/")).parts if p not in ("/", "..", ".") and ":" not in p]
+        for start in range(len(parts)):
+            tail = folder.joinpath(*parts[start:])
+            found = [tail] if kind == "image" else [tail.with_name(tail.name + CODECS[c].suffix) for c in codecs
+                                                    if not tail.name.lower().endswith(CODECS[c].suffix)]
+            found += [tail] if kind == "video" else []
+            match = next((f for f in found if f.is_file() and f not in claimed), None)
+            if match is not None:
+                copies[source] = match
+                claimed.add(match)
+                break
     return copies
 
 
