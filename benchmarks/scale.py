@@ -1,0 +1,212 @@
+"""How fer-batch scales with worker processes, and where a worker's time goes.
+
+    python benchmarks/scale.py                          # generated clip and photos, workers 1..cores
+    python benchmarks/scale.py --baseline 2851c84       # also: whole-command time of an older commit, same clip
+    python benchmarks/scale.py --workers 1 2 4 8 16 --separate 16
+
+Prints JSON with:
+- ``worker_profile``: one worker at --threads 1 on the clip, in seconds and shares: onnxruntime (detector and
+  classifier sessions) against everything else (decoding, resizing, anchor decoding and NMS, crops, pickling the
+  results for the parent, building CSV rows);
+- ``video`` / ``folder``: whole-command wall time of ``fer-batch label`` (a fresh process each run, start-up
+  included, best of --repeat) per worker count, frames or images per second, parallel efficiency against one
+  worker, and the peak resident memory of the whole process tree (parent + workers);
+- ``separate``: N independent processes at --threads 1, each labelling the clip: the machine's throughput ceiling
+  that one command with N workers is compared with;
+- ``baseline``: with --baseline REV, the same clip through that commit's code (a git worktree), interleaved with
+  the current default run, and the speed-up ratio.
+The clip is benchmarks/bench.py's: 640x360, 25 fps, 275 frames, two people, ~40 % empty frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and all its descendants, from /proc."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        rss[int(entry.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+    total, frontier = 0, [pid]
+    while frontier:
+        current = frontier.pop()
+        total += rss.get(current, 0)
+        frontier.extend(child for child, parent in parents.items() if parent == current)
+    return total
+
+
+def run_command(command: list[str], env: dict | None = None) -> tuple[float, int]:
+    """Wall time and peak resident memory of the whole process tree of one command."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, tree_rss(process.pid))
+            done.wait(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, stderr = process.communicate()
+    seconds = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {stderr.decode()[-500:]}")
+    return seconds, peak
+
+
+def label_command(inputs: list[str], output: Path, *options: str, python_path: Path = REPO) -> tuple[list, dict]:
+    return ([sys.executable, "-m", "fer_batch", "label", *inputs, "-o", str(output), "--force", "--quiet",
+             "--no-summary", *options], {"PYTHONPATH": str(python_path)})
+
+
+def best(repeat: int, command: list[str], env: dict) -> tuple[float, int]:
+    runs = [run_command(command, env) for _ in range(repeat)]
+    return min(r[0] for r in runs), max(r[1] for r in runs)
+
+
+def worker_profile(clip: Path) -> dict:
+    """One worker at one thread on the whole clip: seconds per stage, and the share outside onnxruntime."""
+    from fer_batch.recognizer import EmotionRecognizer
+    from fer_batch.runner import LabelConfig, VideoState, rows_for
+    from fer_batch.sources import Source
+    from fer_batch.work import WorkUnit, analyse
+
+    recognizer = EmotionRecognizer(threads=1)
+    unit = WorkUnit(0, (Source(clip, str(clip), "video"),))
+    list(analyse(unit, recognizer, 8))  # warm-up
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    batches = []
+    pickling = 0.0
+    for results in analyse(unit, recognizer, 8, timings=timings):
+        tick = time.perf_counter()
+        pickle.loads(pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL))  # what the pipe to the parent costs
+        pickling += time.perf_counter() - tick
+        batches.append(results)
+    analysed = time.perf_counter() - started
+    tick = time.perf_counter()
+    state = VideoState(str(clip), 25.0, LabelConfig(), [])
+    for results in batches:
+        for result in results:
+            rows = state.rows(result) if result.faces else rows_for(result)
+            [row.as_dict() for row in rows]
+    rows_seconds = time.perf_counter() - tick
+    total = analysed + rows_seconds
+    onnx = timings["detect_onnx"] + timings["classify_onnx"]
+    stages = {
+        "detector onnxruntime": timings["detect_onnx"],
+        "classifier onnxruntime": timings["classify_onnx"],
+        "decoding": timings["decode"],
+        "detector pre/post (resize, blob, anchors, NMS)": timings["detect"] - timings["detect_onnx"],
+        "crops": timings["crop"],
+        "classifier pre/post": timings["classify"] - timings["classify_onnx"],
+        "pickling results for the parent": pickling,
+        "building CSV rows (parent)": rows_seconds,
+    }
+    stages["other (batching, loop)"] = total - sum(stages.values())
+    return {"seconds": round(total, 3), "frames_per_s": round(275 / total, 1),
+            "stages_s": {k: round(v, 3) for k, v in stages.items()},
+            "onnxruntime_share": round(onnx / total, 3), "everything_else_share": round(1 - onnx / total, 3)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", type=int, nargs="+", help="worker counts (default: 1, 2, 4, ... up to cores)")
+    parser.add_argument("--separate", type=int, default=0, help="also run N separate processes (default: cores)")
+    parser.add_argument("--photos", type=int, default=60, help="photos in the generated folder")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--baseline", metavar="REV", help="compare whole-command time with this commit")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+
+    from bench import make_clip, make_folder
+
+    from fer_batch.system import available_cores, describe_hardware
+
+    cores = available_cores()
+    counts = args.workers or sorted({1, *[2 ** i for i in range(1, 8) if 2 ** i <= cores], cores})
+    work = Path(tempfile.mkdtemp(prefix="fer-batch-scale-"))
+    clip = make_clip(work / "clip.mp4")
+    folder = make_folder(work / "photos", args.photos)
+    results: dict = {"machine": describe_hardware(), "clip": "640x360, 275 frames", "photos": args.photos}
+    results["worker_profile"] = worker_profile(clip)
+    print(json.dumps(results["worker_profile"], indent=2), file=sys.stderr)
+
+    for name, inputs, items in (("video", [str(clip)], 275), ("folder", [str(folder)], args.photos)):
+        rows = []
+        for workers in counts:
+            seconds, peak = best(args.repeat, *label_command(inputs, work / "out.csv", "--workers", str(workers)))
+            rows.append({"workers": workers, "seconds": round(seconds, 2), "per_s": round(items / seconds, 1),
+                         "peak_rss_mb": round(peak / 2 ** 20)})
+            print(name, rows[-1], file=sys.stderr)
+        for row in rows:
+            row["efficiency"] = round(row["per_s"] / (rows[0]["per_s"] * row["workers"]), 2)
+        default_seconds, peak = best(args.repeat, *label_command(inputs, work / "out.csv"))
+        results[name] = {"per_worker_count": rows, "default_seconds": round(default_seconds, 2),
+                         "default_per_s": round(items / default_seconds, 1),
+                         "default_peak_rss_mb": round(peak / 2 ** 20)}
+
+    separate = args.separate or cores
+    commands = [label_command([str(clip)], work / f"sep{i}.csv", "--workers", "1", "--threads", "1")
+                for i in range(separate)]
+    started = time.perf_counter()
+    processes = [subprocess.Popen(c, env={**os.environ, **e}, stderr=subprocess.DEVNULL) for c, e in commands]
+    for process in processes:
+        process.wait()
+    seconds = time.perf_counter() - started
+    results["separate"] = {"processes": separate, "seconds": round(seconds, 2),
+                           "frames_per_s": round(275 * separate / seconds, 1)}
+    results["one_command_vs_separate"] = round(results["video"]["default_per_s"] /
+                                               results["separate"]["frames_per_s"], 2)
+
+    if args.baseline:
+        old = work / "baseline"
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-f", str(old), args.baseline],
+                       check=True, capture_output=True)
+        try:
+            old_times, new_times = [], []
+            for _ in range(max(args.repeat, 5)):  # interleaved, so drifting load hits both alike
+                old_times.append(run_command(*label_command([str(clip)], work / "old.csv", python_path=old))[0])
+                new_times.append(run_command(*label_command([str(clip)], work / "new.csv"))[0])
+        finally:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old)], capture_output=True)
+        results["baseline"] = {"rev": args.baseline, "old_s": [round(t, 2) for t in old_times],
+                               "new_s": [round(t, 2) for t in new_times],
+                               "median_speedup": round(statistics.median(old_times) / statistics.median(new_times), 2)}
+    print(json.dumps(results, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    raise SystemExit(main())
