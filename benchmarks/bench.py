@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from fer_batch import EmotionRecognizer, LabelConfig, label_files
-    from fer_batch.sources import open_video
+    from fer_batch.video import VideoReader
 
     work = Path(tempfile.mkdtemp(prefix="fer-batch-bench-"))
     video = args.video or make_clip(work / "clip.mp4")
@@ -106,12 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     results["startup_s"] = round(time.perf_counter() - started, 2)
 
     def decode_all() -> int:
-        capture, _ = open_video(video)
-        frames = 0
-        while capture.read()[0]:
-            frames += 1
-        capture.release()
-        return frames
+        with VideoReader(video) as reader:
+            return sum(1 for _ in reader.frames())
 
     frames = decode_all()
     results["video"] = {"path": str(video), "frames": frames,

@@ -1,4 +1,4 @@
-"""Find the inputs (files and folders) and decode them: images to BGR arrays, videos to frames.
+"""Find the inputs (files and folders) and decode images to BGR arrays (videos: :mod:`fer_batch.video`).
 
 Discovery is deterministic (sorted walks) and never fails on one folder: unreadable folders and symlink loops are
 reported as :class:`Problem` s. Decoding raises :class:`InputError` with a message that says what is wrong; the
@@ -7,7 +7,6 @@ runner turns it into an error row and goes on.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +18,6 @@ import numpy as np
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"})
 MAX_IMAGE_PIXELS = 250_000_000  # ~16k x 16k; larger images are refused rather than exhausting memory
-DEFAULT_FPS = 25.0
 
 
 class InputError(Exception):
@@ -151,64 +149,3 @@ def to_bgr8(image: np.ndarray) -> np.ndarray:
     if channels == 2:  # grey + alpha
         return to_bgr8(np.dstack([image[:, :, 0]] * 3 + [image[:, :, 1]]))
     return image[:, :, :3]
-
-
-@dataclass
-class VideoInfo:
-    fps: float
-    frame_count: int  # as the container announces it; 0 when unknown
-    width: int
-    height: int
-    fps_known: bool
-
-
-def open_video(path: Path) -> tuple[cv2.VideoCapture, VideoInfo]:
-    """Open a video for reading; InputError for empty, missing or undecodable files."""
-    try:
-        size = path.stat().st_size
-    except OSError as error:
-        raise InputError(f"cannot read file: {error.strerror or error}") from None
-    if size == 0:
-        raise InputError("empty file (0 bytes)")
-    capture = cv2.VideoCapture(str(path))
-    if not capture.isOpened():
-        capture.release()
-        raise InputError("cannot open video (corrupt, truncated, or not a video)")
-    fps = capture.get(cv2.CAP_PROP_FPS)
-    fps_known = bool(fps and math.isfinite(fps) and 0 < fps < 1000)
-    count = capture.get(cv2.CAP_PROP_FRAME_COUNT)
-    info = VideoInfo(fps=fps if fps_known else DEFAULT_FPS,
-                     frame_count=int(count) if count and math.isfinite(count) and count > 0 else 0,
-                     width=int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
-                     height=int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), fps_known=fps_known)
-    return capture, info
-
-
-def video_frames(capture: cv2.VideoCapture, every: int = 1, skip: set[int] | None = None
-                 ) -> Iterator[tuple[int, np.ndarray | None]]:
-    """(frame index, BGR frame) for every ``every``-th frame; frames in ``skip`` are passed over undecoded and
-    yielded as (index, None). Frames between analysed ones are grabbed, not decoded into images."""
-    index = 0
-    while True:
-        wanted = index % every == 0
-        if not wanted or (skip and index in skip):
-            if not capture.grab():
-                return
-            if wanted:
-                yield index, None
-        else:
-            ok, frame = capture.read()
-            if not ok or frame is None:
-                return
-            yield index, to_bgr8(frame)
-        index += 1
-
-
-def count_frames(path: Path, every: int = 1) -> int:
-    """Frames the runner will analyse, from the container's announced count (0 when unknown or unreadable)."""
-    try:
-        capture, info = open_video(path)
-    except InputError:
-        return 0
-    capture.release()
-    return (info.frame_count + every - 1) // every if info.frame_count else 0
