@@ -71,6 +71,26 @@ def test_video_frames_timestamps_and_no_face_rows(face_video, tmp_path):
     assert [int(r["frame"]) for r in read_csv(every)] == list(range(0, 30, 4))
 
 
+def test_phone_video_true_times_and_upright_boxes(phone_video, tmp_path):
+    """A portrait phone clip (stored sideways with a rotation tag, variable frame rate, B-frames): time_s is each
+    frame's own presentation time and boxes are in the upright picture a player shows."""
+    from conftest import PHONE_TIMES
+
+    for workers in ("1", "2"):
+        out = tmp_path / f"phone{workers}.csv"
+        run_cli("label", str(phone_video), "-o", str(out), "--workers", workers, "--quiet", check=True)
+        rows = read_csv(out)
+        assert [int(r["frame"]) for r in rows] == list(range(len(PHONE_TIMES)))
+        assert [float(r["time_s"]) for r in rows] == pytest.approx(PHONE_TIMES, abs=1e-3)
+        for row in rows:
+            check_row(row)
+            index = int(row["frame"])
+            assert row["status"] == "ok"  # the face is upright: RetinaFace finds it in every frame
+            # Where the face was pasted in the upright 360x480 picture (see conftest.portrait_frames).
+            assert abs(int(row["x"]) - (106 + 2 * index)) < 15 and abs(int(row["y"]) - (40 + 6 * index)) < 15
+            assert int(row["x"]) + int(row["w"]) <= 360 and int(row["y"]) + int(row["h"]) <= 480
+
+
 def test_every_bad_input_is_a_row_and_the_batch_goes_on(tmp_path, astronaut):
     from PIL import Image
 
