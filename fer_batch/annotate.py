@@ -323,6 +323,8 @@ class VideoWriter:
         self.video = stream
         self.last_pts: int | None = None
         self.audio: dict[int, tuple[str, object]] = {}  # source stream index -> ("copy"|"encode", output stream)
+        self._last_audio_dts: dict[int, int] = {}
+        self._audio_warned: set[int] = set()
         self._add_audio(reader.container, codec)
 
     def _add_audio(self, container, codec: Codec) -> None:
@@ -374,20 +376,33 @@ class VideoWriter:
             self.output.mux(packet)
 
     def audio_packet(self, packet) -> None:
-        """Carry one demuxed audio packet of the source across: muxed as is, or decoded and re-encoded."""
-        entry = self.audio.get(packet.stream.index)
+        """Carry one demuxed audio packet of the source across: muxed as is, or decoded and re-encoded. A packet
+        that cannot be placed (no or backward timestamps) or decoded is dropped with one stderr line per stream:
+        damaged sound must not cost the picture."""
+        import av
+
+        index = packet.stream.index
+        entry = self.audio.get(index)
         if entry is None or packet.size == 0:
             return
         mode, stream = entry
-        if mode == "copy":
-            if packet.dts is None and packet.pts is None:
-                return  # an untimed packet cannot be placed in the output
-            packet.stream = stream
-            self.output.mux(packet)
-            return
-        for frame in packet.decode():
-            for encoded in stream.encode(frame):
-                self.output.mux(encoded)
+        try:
+            if mode == "copy":
+                dts = packet.dts if packet.dts is not None else packet.pts
+                if dts is None or dts <= self._last_audio_dts.get(index, -(2 ** 62)):
+                    raise ValueError("a packet without a timestamp or out of order")
+                self._last_audio_dts[index] = dts
+                packet.stream = stream
+                self.output.mux(packet)
+                return
+            for frame in packet.decode():
+                for encoded in stream.encode(frame):
+                    self.output.mux(encoded)
+        except (av.error.FFmpegError, ValueError) as error:
+            if index not in self._audio_warned:
+                self._audio_warned.add(index)
+                print(f"fer-batch: {self.source}: audio stream {index}: dropped a damaged packet ({error}); "
+                      f"any further damaged ones are dropped without a message", file=sys.stderr)
 
     def close(self) -> None:
         """Flush the encoders and finish the file."""

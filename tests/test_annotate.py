@@ -371,3 +371,28 @@ def test_summarize_refuses_a_foreign_csv(tmp_path):
     foreign.write_text("name,value\nx,1\n")
     result = run_cli("summarize", str(foreign))
     assert result.returncode == 2 and "not a fer-batch CSV" in result.stderr
+
+
+def test_damaged_sound_costs_only_the_damaged_packets(tmp_path, phone_video, capfd):
+    """A repeated (out-of-order) audio packet is dropped with one message; picture and the other packets stay."""
+    from fer_batch.annotate import VideoWriter
+    from fer_batch.video import VideoReader
+
+    target = tmp_path / "copy.mp4"
+    seen = []
+
+    def twice(packet):
+        seen.append(packet)
+        writer.audio_packet(packet)
+        if len(seen) == 3:
+            writer.audio_packet(packet)  # the same timestamps again: the muxer would refuse the whole file
+
+    with VideoReader(phone_video) as reader:
+        writer = VideoWriter(target, reader, CODECS["h264"], str(phone_video))
+        for frame in reader.frames(on_packet=twice):
+            writer.write(frame.image, frame.pts, frame.time_s)
+        writer.close()
+    assert "audio stream 1: dropped a damaged packet" in capfd.readouterr().err
+    with av.open(str(target)) as container:
+        assert container.streams.video[0].frames == len(PHONE_TIMES)
+        assert len([p for p in container.demux(container.streams.audio[0]) if p.size]) == len(seen)
