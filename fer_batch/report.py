@@ -191,8 +191,8 @@ def build_report(csv_path: str | Path, html_path: str | Path, annotated: str | P
     body = [_header(csv_path, info), _notes(info_note, folder, annotated, info)]
     body.append(_overview(sources))
     body.append(_run_section(info))
-    body.append(_source_table(sources, copies, html_path, left_out))
-    body.append(_folder_table(sources, left_out))
+    tables = [_source_table(sources, copies, html_path, left_out), _folder_table(sources, left_out)]
+    body += tables[::-1] if len(sources) > MAX_TABLE_ROWS else tables  # big runs: the aggregate first
     body.append(_problems(sources, left_out))
     body.append(_details(sources, copies, html_path, info, left_out))
     if left_out:
