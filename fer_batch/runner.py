@@ -284,29 +284,29 @@ def plan(sources: list[Source], done: set[tuple[str, str]], config: LabelConfig,
         if (source.name, "") in done:  # the video failed to open last time: its error row is there
             continue
         skip = frozenset(frames_done.get(source.name, ()))
-        for start, stop, expected, last in _video_ranges(source, config.every, workers):
+        for start, stop, expected, last, index in _video_ranges(source, config.every, workers):
             unit = WorkUnit(len(units), (source,), start=start, stop=stop, every=config.every,
                             skip=frozenset(f for f in skip if start <= f < (stop if stop is not None else math.inf)),
-                            expected=expected, last=last)
+                            expected=expected, last=last, index=index)
             if unit.planned_items() > 0 or not skip:
                 units.append(unit)
     flush()
     return units
 
 
-def _video_ranges(source: Source, every: int, workers: int) -> Iterator[tuple[int, int | None, int, bool]]:
-    """(start, stop, expected frames, last) for the units of one video."""
+def _video_ranges(source: Source, every: int, workers: int) -> Iterator[tuple[int, int | None, int, bool, object]]:
+    """(start, stop, expected frames, last, index window or None) for the units of one video."""
     from fer_batch.sources import InputError
     from fer_batch.video import VideoReader
 
     try:
         with VideoReader(source.path) as reader:
-            count, keyframes, seekable = reader.info.frame_count, reader.keyframes(), reader.seekable
+            count, keyframes, index = reader.info.frame_count, reader.keyframes(), reader.index
     except InputError:
-        yield 0, None, 0, True  # the unit reports the error
+        yield 0, None, 0, True, None  # the unit reports the error
         return
-    if workers <= 1 or not seekable or count <= MIN_CHUNK_FRAMES:
-        yield 0, None, count, True
+    if workers <= 1 or index is None or count <= MIN_CHUNK_FRAMES:
+        yield 0, None, count, True, None
         return
     size = min(MAX_CHUNK_FRAMES, max(MIN_CHUNK_FRAMES * every, math.ceil(count / (workers * UNITS_PER_WORKER))))
     starts = [0]
@@ -317,7 +317,8 @@ def _video_ranges(source: Source, every: int, workers: int) -> Iterator[tuple[in
         starts.append(min(near, key=lambda k: abs(k - target)) if near else target)
     for position, start in enumerate(starts):
         last = position == len(starts) - 1
-        yield start, None if last else starts[position + 1], count, last
+        stop = count if last else starts[position + 1]
+        yield start, None if last else stop, count, last, index.window(start, stop)
 
 
 def _merge(events: Iterable[tuple[int, list[ItemResult], bool]], sink: CsvSink, summary: RunSummary,

@@ -61,15 +61,42 @@ class Frame:
 
 @dataclass(frozen=True)
 class FrameIndex:
-    """Presentation timestamps in order, and where decoding must start for each frame."""
+    """Presentation timestamps in order, and where decoding must start for each frame - of a whole video, or of
+    a window of it (frames ``offset`` .. ``offset + len(pts)``), which is what a worker needs for one range."""
 
-    pts: np.ndarray  # (N,) int64, sorted: frame i has pts[i]
-    seek_pts: np.ndarray  # (N,) int64: the timestamp to seek to (backward, to a keyframe) to decode frame i
+    pts: np.ndarray  # (N,) int64, sorted: frame offset + i has pts[i]
+    seek_pts: np.ndarray  # (N,) int64: the timestamp to seek to (backward, to a keyframe) to decode that frame
     keyframes: np.ndarray  # frame numbers of keyframes, sorted
+    offset: int = 0
+    total: int = -1  # frames in the whole video (-1: len(pts))
+    first_pts: int | None = None  # pts of frame 0 (None: pts[0])
+    last_pts: int | None = None  # pts of the last frame (None: pts[-1])
+
+    def __post_init__(self) -> None:
+        if self.total < 0 and len(self.pts):
+            object.__setattr__(self, "total", len(self.pts))
+            object.__setattr__(self, "first_pts", int(self.pts[0]))
+            object.__setattr__(self, "last_pts", int(self.pts[-1]))
+        elif self.total < 0:
+            object.__setattr__(self, "total", 0)
 
     def frame_of(self, pts: int) -> int | None:
+        """The number of the frame with this pts; None if no frame has it (a sample an edit list trims away).
+        Outside a window: offset - 1 before it, offset + len(pts) after it (never a frame asked for)."""
         position = int(np.searchsorted(self.pts, pts))
-        return position if position < len(self.pts) and self.pts[position] == pts else None
+        if position < len(self.pts) and self.pts[position] == pts:
+            return self.offset + position
+        if position == 0 and self.offset > 0:
+            return self.offset - 1
+        if position == len(self.pts) and self.offset + len(self.pts) < self.total:
+            return self.offset + len(self.pts)
+        return None
+
+    def window(self, start: int, stop: int) -> FrameIndex:
+        """The part of a whole-video index covering frames ``start`` .. ``stop`` (exclusive)."""
+        return FrameIndex(self.pts[start:stop].copy(), self.seek_pts[start:stop].copy(),
+                          self.keyframes[(self.keyframes >= start) & (self.keyframes < stop)].copy(),
+                          offset=start, total=self.total, first_pts=self.first_pts, last_pts=self.last_pts)
 
 
 def _build_index(container, stream) -> FrameIndex | None:
@@ -114,9 +141,10 @@ class VideoReader:
     ``threads`` sets FFmpeg's decoding threads (0: FFmpeg's choice).
     """
 
-    def __init__(self, path: str | Path, threads: int = 0):
+    def __init__(self, path: str | Path, threads: int = 0, index: FrameIndex | None = None):
         self.path = Path(path)
         self.threads = threads
+        self._given_index = index  # a window planned elsewhere: no need to demux the whole file again
         try:
             size = self.path.stat().st_size
         except OSError as error:
@@ -149,10 +177,11 @@ class VideoReader:
         import av
 
         try:
-            self.index = _build_index(self.container, self.stream)
+            self.index = self._given_index or _build_index(self.container, self.stream)
         except av.error.FFmpegError as error:
             raise InputError(f"cannot read video packets: {_reason(error)}") from None
-        self._rewind()
+        if self._given_index is None:
+            self._rewind()
         first = self._first_frame()
         if first is None:
             raise InputError("video has no decodable frames")
@@ -165,8 +194,8 @@ class VideoReader:
         duration = float(self.stream.duration * time_base) if self.stream.duration else 0.0
         count = announced
         if self.index is not None:
-            count = len(self.index.pts)
-            span = float((self.index.pts[-1] - self.index.pts[0]) * time_base) if count > 1 else 0.0
+            count = self.index.total
+            span = float((self.index.last_pts - self.index.first_pts) * time_base) if count > 1 else 0.0
             if span > 0:  # the average over the indexed frames: right for variable frame rates
                 fps = (count - 1) / span
                 duration = span + 1 / fps
@@ -189,7 +218,8 @@ class VideoReader:
 
         if not hard:
             try:
-                target = int(self.index.seek_pts[0]) if self.index is not None and len(self.index.pts) else 0
+                target = (int(self.index.seek_pts[0]) if self.index is not None and len(self.index.pts) and
+                          self.index.offset == 0 else 0)
                 self.container.seek(target, stream=self.stream, backward=True, any_frame=False)
                 self.stream.codec_context.flush_buffers()
                 return
@@ -231,9 +261,11 @@ class VideoReader:
         import av
 
         seeked = False
-        if start > 0 and self.index is not None and start < len(self.index.pts) and on_packet is None:
+        index = self.index
+        if start > 0 and index is not None and index.offset <= start < index.offset + len(index.pts) and \
+                on_packet is None:
             try:
-                self.container.seek(int(self.index.seek_pts[start]), stream=self.stream, backward=True,
+                self.container.seek(int(index.seek_pts[start - index.offset]), stream=self.stream, backward=True,
                                     any_frame=False)
                 self.stream.codec_context.flush_buffers()
                 seeked = True
@@ -249,7 +281,7 @@ class VideoReader:
 
         streams = [self.stream, *self.audio_streams] if on_packet else [self.stream]
         index = self.index
-        first_pts = int(index.pts[0]) if index is not None and len(index.pts) else None
+        first_pts = index.first_pts if index is not None else None
         previous = -1  # the last frame number, for frames without a pts
 
         def packets():
@@ -271,7 +303,8 @@ class VideoReader:
                 pts = frame.pts
                 if index is None or pts is None:  # count on from the previous frame
                     number = previous + 1
-                    pts = int(index.pts[number]) if index is not None and number < len(index.pts) else None
+                    position = number - index.offset if index is not None else -1
+                    pts = int(index.pts[position]) if 0 <= position < len(index.pts) else None
                 else:
                     number = index.frame_of(pts)
                     if number is None:

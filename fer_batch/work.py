@@ -34,6 +34,7 @@ class WorkUnit:
     skip: frozenset[int] = frozenset()  # frames already in the CSV (--resume)
     expected: int = 0  # frames the video should have (index or header), to report an early end; 0: unknown
     last: bool = True  # the video's final range: it reports an early end
+    index: object = None  # fer_batch.video.FrameIndex window of the range, so workers need not demux the file
 
     @property
     def is_video(self) -> bool:
@@ -121,7 +122,7 @@ def _video_items(unit: WorkUnit) -> Iterator[_Pending]:
 
     source = unit.sources[0]
     try:
-        reader = VideoReader(source.path, threads=1)
+        reader = VideoReader(source.path, threads=1, index=unit.index)
     except InputError as error:
         yield _Pending(source, error=str(error))
         return

@@ -56,6 +56,12 @@ def test_ranges_after_a_seek_are_exact(vfr_video):
         for start, stop in [(0, 12), (5, 30), (12, 13), (37, None), (59, 60), (13, 47)]:
             part = [(f.index, f.time_s, f.pts, bar_position(f.image)) for f in reader.frames(start, stop)]
             assert part == whole[start:stop], (start, stop)
+            # A worker gets only the window of the index for its range and never demuxes the whole file.
+            window = reader.index.window(start, stop or 60)
+            with VideoReader(vfr_video, index=window) as worker:
+                assert worker.info.frame_count == 60 and worker.info.fps == reader.info.fps
+                part = [(f.index, f.time_s, f.pts, bar_position(f.image)) for f in worker.frames(start, stop)]
+            assert part == whole[start:stop], ("window", start, stop)
 
 
 def test_every_and_skip_leave_frames_undecoded_into_images(vfr_video):
