@@ -9,6 +9,7 @@ was written, and --resume plans only what is missing.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -166,6 +167,11 @@ def label_files(inputs: list[str], output: str | Path, config: LabelConfig | Non
         sources, problems = discover(inputs)
         if not sources and not problems:
             raise UsageError(f"no images or videos found in {', '.join(inputs)}")
+        # While the workers load their models: read every video's packet index (to plan its ranges) and what
+        # OUT.run.json records, so nothing of that waits for the workers or delays the first unit.
+        ranges = {source.name: list(_video_ranges(source, config.every, summary.workers))
+                  for source in sources if source.kind == "video"}
+        _environment()
         engine_ready(engine)
         with CsvSink(output, resume=config.resume, force=config.force) as sink:
             mixed = sink.smooth_values - {f"{config.smooth:g}"}
@@ -179,7 +185,7 @@ def label_files(inputs: list[str], output: str | Path, config: LabelConfig | Non
                     sink.write_item([Row(source=problem.path, status="error", error=problem.message)])
                     summary.errors += 1
             summary.skipped = len(sink.done)
-            units = plan(sources, sink.done, config, summary.workers)
+            units = plan(sources, sink.done, config, summary.workers, ranges)
             _merge(engine.run(units), sink, summary, config, total=sum(unit.planned_items() for unit in units))
     finally:
         engine.close()
@@ -256,10 +262,11 @@ MAX_CHUNK_FRAMES = 1500
 UNITS_PER_WORKER = 4
 
 
-def plan(sources: list[Source], done: set[tuple[str, str]], config: LabelConfig, workers: int = 1
-         ) -> list[WorkUnit]:
+def plan(sources: list[Source], done: set[tuple[str, str]], config: LabelConfig, workers: int = 1,
+         ranges: dict[str, list] | None = None) -> list[WorkUnit]:
     """Work units in input order: images in groups, videos whole (one worker) or in frame ranges that start at
-    keyframes where they can (several workers). Items already in the CSV (``done``) are left out."""
+    keyframes where they can (several workers). Items already in the CSV (``done``) are left out. ``ranges``:
+    each video's ranges from ``_video_ranges``, when already read."""
     frames_done: dict[str, set[int]] = {}
     for name, frame in done:
         if frame:
@@ -284,7 +291,8 @@ def plan(sources: list[Source], done: set[tuple[str, str]], config: LabelConfig,
         if (source.name, "") in done:  # the video failed to open last time: its error row is there
             continue
         skip = frozenset(frames_done.get(source.name, ()))
-        for start, stop, expected, last, index in _video_ranges(source, config.every, workers):
+        video_ranges = (ranges or {}).get(source.name)
+        for start, stop, expected, last, index in video_ranges or _video_ranges(source, config.every, workers):
             unit = WorkUnit(len(units), (source,), start=start, stop=stop, every=config.every,
                             skip=frozenset(f for f in skip if start <= f < (stop if stop is not None else math.inf)),
                             expected=expected, last=last, index=index)
@@ -367,19 +375,27 @@ def _write(results: list[ItemResult], sink: CsvSink, summary: RunSummary, config
         summary.items += 1
 
 
+@functools.lru_cache(maxsize=1)
+def _environment() -> dict:
+    """Versions, the CPU and the bundled model's path: what OUT.run.json records of the machine (read once)."""
+    from fer_batch.classify import default_model_path
+    from fer_batch.system import describe_hardware, versions
+
+    return {"versions": versions(), "machine": describe_hardware(), "model": str(default_model_path())}
+
+
 def _write_run_info(output, inputs: list[str], config: LabelConfig, summary: RunSummary, started_at: datetime,
                     finished_at: datetime | None, path: Path | None = None) -> Path:
     """OUT.run.json: the run's inputs, settings, versions, model and machine (for the report and for later)."""
-    from fer_batch.classify import default_model_path
     from fer_batch.summary import run_info_path
-    from fer_batch.system import describe_hardware, versions
 
     path = path or run_info_path(output)
+    environment = _environment()
     info = {
-        "fer_batch": versions()["fer_batch"], "inputs": list(inputs),
+        "fer_batch": environment["versions"]["fer_batch"], "inputs": list(inputs),
         "settings": {k: v for k, v in asdict(config).items() if k not in ("progress",)},
-        "versions": versions(), "model": {"path": str(config.model or default_model_path())},
-        "machine": describe_hardware(), "started": started_at.isoformat(timespec="seconds"),
+        "versions": environment["versions"], "model": {"path": str(config.model or environment["model"])},
+        "machine": environment["machine"], "started": started_at.isoformat(timespec="seconds"),
         "finished": finished_at.isoformat(timespec="seconds") if finished_at else None,
         "elapsed_s": round(summary.elapsed, 3), "items": summary.items, "faces": summary.faces,
         "no_face": summary.no_face, "errors": summary.errors, "skipped": summary.skipped,
