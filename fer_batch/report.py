@@ -311,14 +311,15 @@ def _short(value) -> str:
 def _source_table(sources: dict[str, SourceStats], copies: dict[str, Path], html_path: Path,
                   left_out: list[str]) -> str:
     html = ['<h2 id="sources">Sources and tracks</h2><p class="muted">One row per image and per video track, as in '
-            'OUT.summary.csv; share = part of the analysed frames in which each emotion is the top label.</p>',
+            'OUT.summary.csv, and for videos with several tracks an "all" row first; share = part of the faces '
+            '(for a track: of its analysed frames) in which each emotion is the top label.</p>',
             '<table><tr><th>source</th><th>track</th><th class="n">frames</th><th class="n">faces</th>'
             '<th class="n">no face</th><th class="n">errors</th><th class="n">first s</th><th class="n">last s</th>'
             "<th>dominant</th><th>shares</th></tr>"]
     shown = total = 0
     for source in sources.values():
         tracks = sorted(source.tracks.values(), key=lambda t: (t.track == "", int(t.track) if t.track else 0))
-        entries = tracks or [None]
+        entries = ([_all_tracks(tracks)] if len(tracks) > 1 else []) + tracks or [None]
         total += len(entries)
         for position, track in enumerate(entries):
             if shown >= MAX_TABLE_ROWS:
@@ -345,6 +346,21 @@ def _source_table(sources: dict[str, SourceStats], copies: dict[str, Path], html
         left_out.append(f"the sources-and-tracks table shows the first {shown:,} of {total:,} rows; all of them are "
                         f"in OUT.summary.csv (fer-batch summarize OUT.csv)")
     return "".join(html)
+
+
+def _all_tracks(tracks: list[TrackStats]) -> TrackStats:
+    """One video's tracks taken together: the source's own row (frames with a face, and its emotion shares)."""
+    combined = TrackStats("all")
+    for track in tracks:
+        combined.frames |= track.frames
+        combined.faces += track.faces
+        combined.sums = combined.sums + track.sums
+        combined.tops = combined.tops + track.tops
+        for time_s in (track.first_s, track.last_s):
+            if time_s is not None:
+                combined.first_s = time_s if combined.first_s is None else min(combined.first_s, time_s)
+                combined.last_s = time_s if combined.last_s is None else max(combined.last_s, time_s)
+    return combined
 
 
 def _folder_table(sources: dict[str, SourceStats], left_out: list[str]) -> str:

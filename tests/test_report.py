@@ -147,10 +147,31 @@ def test_large_runs_give_a_small_page_that_says_what_it_left_out(tmp_path, capfd
     html = page.read_text(encoding="utf-8")
     assert len(html) < 3_000_000 and seconds < 60
     assert f"detail (annotated copy, face thumbnails, timelines) for the first {report.MAX_DETAILED} of 10,001" in html
-    assert f"shows the first {report.MAX_TABLE_ROWS} of 10,002 rows" in html
+    assert f"shows the first {report.MAX_TABLE_ROWS} of 10,003 rows" in html  # the video: all, track 0, track 1
+    assert '<td>all</td><td class="n">90,000</td><td class="n">180,000</td>' in html
     assert "at most 300 points" in html
     longest = max(len(points.split()) for points in re.findall(r'points="([^"]+)"', html))
     assert longest <= report.TIMELINE_POINTS
     assert "<b>180,000</b><span>faces</span>" not in html and "<b>190,000</b><span>faces</span>" in html
     assert "no thumbnail (source unreadable)" in html
     assert "/gone/hour.mp4: no thumbnails in the report" in capfd.readouterr().err
+
+
+def test_downsampled_timelines_keep_the_shape():
+    """An hour at 25 fps becomes at most 300 points: time range kept, each bin the mean of its frames."""
+    from fer_batch.draw import downsample, svg_shares, svg_timeline
+
+    times = np.arange(90_000) / 25
+    values = np.stack([np.sin(times / 600) ** 2, np.cos(times / 600) ** 2], axis=1)
+    kept_times, kept_values = downsample(times, values, 300)
+    assert len(kept_times) <= 300 and kept_values.shape == (len(kept_times), 2)
+    assert kept_times[0] < 7 and kept_times[-1] > times[-1] - 7
+    assert np.allclose(kept_values.sum(axis=1), 1.0)  # means of probabilities that summed to 1
+    assert np.allclose(kept_values[:, 0], np.sin(kept_times / 600) ** 2, atol=0.01)
+    short_times, short_values = downsample(times[:10], values[:10], 300)
+    assert np.array_equal(short_times, times[:10])  # short tracks are drawn as they are
+    single = svg_timeline([1.5], [[0.1, 0.2, 0.3, 0.1, 0.1, 0.1, 0.1]])
+    assert single.count("<circle") == len(EMOTIONS)  # one frame still shows
+    bar = svg_shares([0.5, 0, 0, 0.25, 0, 0, 0.25], width=200)
+    widths = [float(w) for w in re.findall(r'<rect x="[^"]+" width="([^"]+)"', bar)]
+    assert sum(widths) == pytest.approx(200) and len(widths) == 3
