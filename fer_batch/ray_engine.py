@@ -1,0 +1,370 @@
+"""The Ray engine: work units analysed by a Ray Data actor pool, on whichever cluster nodes run them.
+
+``fer-batch label ... --engine ray [--ray-address ADDR]`` joins a running cluster (``--ray-address``, else the
+``RAY_ADDRESS`` environment variable) or starts a local Ray. The runner plans the units as for local workers; here
+they become a Ray Dataset, one unit per block, and ``map_batches`` hands them to a pool of :class:`AnalyseActor` s
+(one per CPU, each loading the models once). An actor decodes and analyses its unit where it runs, with the same
+:func:`fer_batch.work.analyse` as every engine, so frames never travel: only the pickled per-face
+:class:`ItemResult` s come back. The runner merges them in order, tracks, smooths and writes, as for local workers.
+
+Inputs must be readable at the same path on every node (a shared filesystem); a node that cannot read a file
+turns it into an error row naming the node. An actor that dies (its process killed, its node lost) is restarted
+and its unit retried by Ray; a unit is reported at most once, and units Ray gives up on are retried piece by piece,
+pieces that still fail becoming error rows. ``import ray`` happens only here, so the default install never needs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import socket
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from fer_batch.engines import EngineError, Event
+from fer_batch.runner import LabelConfig, UsageError
+from fer_batch.work import ItemResult, WorkUnit, analyse
+
+INSTALL_HINT = "pip install 'fer-batch[ray]'"
+# Ray retries a unit this many times when its actor dies (process killed, node lost) before giving up on it.
+UNIT_RETRIES = 2
+# Units Ray gave up on are retried in pieces of this many analysed frames (videos) or one image each.
+PIECE_FRAMES = 32
+# A Ray started by fer-batch keeps only units and results in its object store: kilobytes, not frames.
+LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024
+LOCAL_ERRORS = ("cannot read file",)  # error messages that depend on the node that read the file
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401 - the engine needs Ray Data, not only Ray core
+    except ImportError as error:
+        raise UsageError(f"--engine ray needs Ray Data, which is not installed ({error}); install it with "
+                         f"{INSTALL_HINT}") from None
+    return ray
+
+
+def node_address() -> tuple[str, str]:
+    """(address, id) of the Ray node this runs on, the address as the cluster knows it (``ray start
+    --node-ip-address``), or the machine's IP when the cluster cannot say."""
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    for node in ray.nodes():
+        if node.get("NodeID") == node_id and node.get("NodeManagerAddress"):
+            return node["NodeManagerAddress"], node_id
+    return ray.util.get_node_ip_address(), node_id
+
+
+def node_label() -> str:
+    """How an error row names the node it was analysed on: its address and host name."""
+    return f"{node_address()[0]} ({socket.gethostname()})"
+
+
+class AnalyseActor:
+    """A Ray Data callable class: loads the models once, then analyses one pickled WorkUnit per call."""
+
+    def __init__(self, options: dict, batch: int):
+        from fer_batch.recognizer import EmotionRecognizer
+
+        self.recognizer = EmotionRecognizer(**options)
+        self.batch = batch
+        address, node_id = node_address()
+        self.node = f"{address} ({socket.gethostname()})"  # for error rows
+        self.where = f"{address} ({node_id[:8]})"  # for units_per_node: unique even for nodes on one machine
+
+    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ids, payloads = [], []
+        for data in rows["unit"]:
+            unit: WorkUnit = pickle.loads(data)
+            ids.append(unit.id)
+            payloads.append(pickle.dumps(self.analyse(unit), protocol=pickle.HIGHEST_PROTOCOL))
+        count = len(ids)
+        return {"id": np.array(ids, np.int64), "results": np.array(payloads, dtype=object),
+                "node": np.array([self.where] * count),
+                "pid": np.full(count, os.getpid(), np.int64)}
+
+    def analyse(self, unit: WorkUnit) -> list[ItemResult]:
+        results: list[ItemResult] = []
+        try:
+            for batch in analyse(unit, self.recognizer, self.batch):
+                results.extend(batch)
+        except Exception as error:  # noqa: BLE001 - the unit's next item becomes an error row, as with local workers
+            results.append(_failed_item(unit, results, f"analysis failed: {type(error).__name__}: {error}"))
+        for result in results:
+            if result.error.startswith(LOCAL_ERRORS):
+                result.error = f"on node {self.node}: {result.error}"
+        return results
+
+
+def _failed_item(unit: WorkUnit, done: list[ItemResult], message: str) -> ItemResult:
+    """An error result for the first item of ``unit`` that has no result in ``done``."""
+    if unit.is_video:
+        frames = [result.frame for result in done if result.frame is not None]
+        return ItemResult(unit.sources[0].name, frame=_next_frame(unit, max(frames) + 1 if frames else unit.start),
+                          error=message)
+    return ItemResult(unit.sources[min(len(done), len(unit.sources) - 1)].name, error=message)
+
+
+def _next_frame(unit: WorkUnit, start: int) -> int:
+    frame = -(-max(start, unit.start) // unit.every) * unit.every
+    while frame in unit.skip:
+        frame += unit.every
+    return frame
+
+
+def _load_models(options: dict) -> tuple[str, str]:
+    """Run as a Ray task: load the models as an actor would; returns (node, problem or "")."""
+    from fer_batch.recognizer import EmotionRecognizer
+
+    try:
+        EmotionRecognizer(**options)
+    except Exception as error:  # noqa: BLE001 - reported by wait_ready
+        return node_label(), f"{type(error).__name__}: {error}"
+    return node_label(), ""
+
+
+def _absolute(unit: WorkUnit) -> WorkUnit:
+    """The unit with absolute paths: Ray workers do not share the driver's working directory."""
+    return replace(unit, sources=tuple(replace(source, path=Path(os.path.abspath(source.path)))
+                                       for source in unit.sources))
+
+
+class RayEngine:
+    """Run units on a Ray cluster through a Ray Data actor pool (see the module docstring).
+
+    ``workers`` is the pool size: ``config.workers`` if given, else one actor per ``threads`` CPUs of every alive
+    node; ``threads`` (onnxruntime threads per actor, and CPUs each actor reserves) is ``config.threads`` or 1.
+    ``units_per_node`` counts units analysed per node; ``restarts`` counts actor restarts Ray reported.
+    """
+
+    def __init__(self, config: LabelConfig):
+        self.config = config
+        self.ray = _import_ray()
+        self.address = config.ray_address or os.environ.get("RAY_ADDRESS") or None
+        self._owned = self._connect()  # True: we started or joined Ray here and shut it down (or leave) in close()
+        self._job_id = self.ray.get_runtime_context().get_job_id()
+        self.threads = max(1, config.threads or 1)
+        capacity = self._capacity(self.threads)
+        self.workers = config.workers if config.workers > 0 else capacity
+        self.units_per_node: dict[str, int] = {}
+        self.restarts = 0
+        self.pids: set[int] = set()
+        options = self.config.recognizer_options(self.threads)
+        if options.get("model"):
+            options["model"] = os.path.abspath(options["model"])
+        self.options = options
+        # Load the models once on the cluster while the runner discovers the inputs: a bad model, or a node
+        # without fer-batch, is reported before any work starts.
+        self._probe = self.ray.remote(num_cpus=0, max_retries=0)(_load_models).remote(options)
+
+    def _connect(self) -> bool:
+        ray = self.ray
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        if ray.is_initialized():  # the caller connected (a notebook, a test): use and keep its session
+            return False
+        quiet = dict(logging_level=logging.WARNING, log_to_driver=False, configure_logging=True)
+        if self.address:
+            try:
+                ray.init(address=self.address, **quiet)
+            except Exception as error:  # noqa: BLE001 - every connection problem becomes one clear line
+                raise UsageError(_connection_problem(self.address, error)) from None
+            return True
+        from fer_batch.system import available_cores
+
+        # address="local": a new Ray of our own, never a cluster someone else started on this machine. Ray's
+        # default token authentication stays on; its notice about that is for cluster operators, not for us.
+        notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+        level = notice.level
+        notice.setLevel(logging.ERROR)
+        try:
+            ray.init(address="local", num_cpus=available_cores(), include_dashboard=False,
+                     object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet)
+        finally:
+            notice.setLevel(level)
+        return True
+
+    def _capacity(self, threads: int) -> int:
+        """Actors of ``threads`` CPUs each that the cluster's alive nodes can hold (at least 1)."""
+        total = 0
+        for node in self.ray.nodes():
+            if node.get("Alive"):
+                total += int(node.get("Resources", {}).get("CPU", 0) // threads)
+        return max(1, total)
+
+    def wait_ready(self) -> None:
+        """Raise EngineError if the models cannot be loaded on the cluster (or fer-batch cannot be imported)."""
+        ray = self.ray
+        probe, self._probe = self._probe, None
+        if probe is None:
+            return
+        try:
+            node, problem = ray.get(probe, timeout=600)
+        except ray.exceptions.GetTimeoutError:
+            raise EngineError("the Ray cluster did not run a task in 10 minutes; is it busy or out of nodes?"
+                              ) from None
+        except ray.exceptions.RayError as error:
+            raise EngineError(f"a Ray worker could not load fer-batch (install the same fer-batch, with "
+                              f"{INSTALL_HINT}, on every node): {_first_line(error)}") from None
+        if problem:
+            raise EngineError(f"cannot load the models on Ray node {node}: {problem}")
+
+    def run(self, units: Iterable[WorkUnit]) -> Iterator[Event]:
+        units = [_absolute(unit) for unit in units]
+        if not units:
+            return
+        self.wait_ready()
+        missing = {unit.id: unit for unit in units}
+        for unit_id, results in self._execute(units, retries=UNIT_RETRIES):
+            if missing.pop(unit_id, None) is not None:  # a unit Ray delivered twice is reported once
+                yield unit_id, results, True
+        if missing:
+            yield from self._retry_in_pieces(list(missing.values()))
+
+    def _retry_in_pieces(self, units: list[WorkUnit]) -> Iterator[Event]:
+        """Units Ray gave up on (their actor died on every try): again in small pieces, a piece that still fails
+        becoming an error row, so one bad item costs only its piece."""
+        pieces: dict[int, tuple[int, int, WorkUnit]] = {}  # piece id -> (unit id, position, piece)
+        next_id = max(unit.id for unit in units) + 1
+        for unit in units:
+            for position, piece in enumerate(_pieces(unit)):
+                pieces[next_id] = (unit.id, position, replace(piece, id=next_id))
+                next_id += 1
+        returned: dict[int, list[ItemResult]] = {}
+        for piece_id, results in self._execute([piece for _, _, piece in pieces.values()], retries=1):
+            returned.setdefault(piece_id, results)
+        by_unit: dict[int, list[tuple[int, list[ItemResult]]]] = {}
+        for piece_id, (unit_id, position, piece) in pieces.items():
+            results = returned.get(piece_id)
+            if results is None:
+                results = [_lost(piece)]
+            by_unit.setdefault(unit_id, []).append((position, results))
+        for unit in units:
+            for _, results in sorted(by_unit.get(unit.id, []), key=lambda entry: entry[0]):
+                yield unit.id, results, False
+            yield unit.id, [], True
+
+    def _execute(self, units: list[WorkUnit], retries: int) -> Iterator[tuple[int, list[ItemResult]]]:
+        """One Ray Data pass over ``units``: (unit id, results) as units finish; lost units are left out."""
+        ray = self.ray
+        items = [{"unit": pickle.dumps(unit, protocol=pickle.HIGHEST_PROTOCOL)} for unit in units]
+        workers = min(self.workers, len(units))
+        with _quiet_data_context(ray), warnings.catch_warnings():
+            # Ray Data's named parameters have no retry limit, and its default (retry forever) would loop on an
+            # input that kills its worker every time; the generic remote args work until Ray 2.64 (the pin).
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module="ray.data.context")  # its own
+            dataset = ray.data.from_items(items, override_num_blocks=len(items))  # one unit per block and call
+            dataset = dataset.map_batches(
+                AnalyseActor, batch_size=1, batch_format="numpy",
+                fn_constructor_kwargs={"options": self.options, "batch": self.config.batch},
+                # One unit in flight per actor: when an actor dies, only the unit it was analysing is retried
+                # (units queued behind it would spend their retries on another unit's crash).
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers, initial_size=workers,
+                                                   max_tasks_in_flight_per_actor=1),
+                num_cpus=self.threads, max_restarts=-1, max_task_retries=retries)
+            try:
+                for row in dataset.iter_rows():
+                    node = str(row["node"])
+                    self.units_per_node[node] = self.units_per_node.get(node, 0) + 1
+                    self.pids.add(int(row["pid"]))
+                    yield int(row["id"]), pickle.loads(row["results"])
+            except ray.exceptions.RayError as error:
+                if "AnalyseActor" in str(error) and "__init__" in str(error):
+                    raise EngineError(f"Ray workers cannot load the models: {_first_line(error)}") from None
+                raise
+            finally:
+                self._count_restarts()
+
+    def _count_restarts(self) -> None:
+        """Actor restarts of this job, as the cluster's actor table records them (a developer API: best effort)."""
+        try:
+            from ray._private.state import actors
+
+            table = actors(job_id=self.ray.JobID.from_hex(self._job_id))
+            self.restarts = max(self.restarts, sum(int(entry.get("NumRestarts", 0)) for entry in table.values()
+                                                   if "AnalyseActor" in str(entry.get("ActorClassName", ""))))
+        except Exception:  # noqa: BLE001 - the count is informative only; the rows do not depend on it
+            pass
+
+    def close(self) -> None:
+        """Disconnect from the cluster (a Ray this engine started stops with it)."""
+        if self._owned and self.ray.is_initialized():
+            self.ray.shutdown()
+        self._owned = False
+
+
+def _pieces(unit: WorkUnit) -> list[WorkUnit]:
+    if not unit.is_video:
+        return [replace(unit, sources=(source,)) for source in unit.sources]
+    stop = unit.stop if unit.stop is not None else unit.expected
+    step = PIECE_FRAMES * unit.every
+    if stop <= unit.start + step:
+        return [unit]
+    pieces = []
+    for start in range(unit.start, stop, step):
+        end = start + step
+        final = end >= stop
+        piece_stop = unit.stop if final else end
+        pieces.append(replace(unit, start=start, stop=piece_stop, last=unit.last and final,
+                              skip=frozenset(f for f in unit.skip
+                                             if start <= f and (piece_stop is None or f < piece_stop))))
+    return pieces
+
+
+def _lost(piece: WorkUnit) -> ItemResult:
+    """The error row of a piece whose Ray worker died on every try."""
+    if not piece.is_video:
+        return ItemResult(piece.sources[0].name, error="not analysed: the Ray worker analysing this image died on "
+                                                       "every try (see the Ray logs)")
+    first = _next_frame(piece, piece.start)
+    until = f"frames {first} to {piece.stop - 1}" if piece.stop is not None else f"frames from {first}"
+    return ItemResult(piece.sources[0].name, frame=first,
+                      error=f"not analysed: the Ray worker analysing {until} died on every try (see the Ray logs)")
+
+
+@contextmanager
+def _quiet_data_context(ray):
+    """Ray Data settings for one pass, restored afterwards: no progress bars of its own (the runner has one), an
+    actor that dies on every retry loses its unit instead of the run (the engine retries it in pieces)."""
+    context = ray.data.DataContext.get_current()
+    settings = {"enable_progress_bars": False, "print_on_execution_start": False, "max_errored_blocks": -1,
+                "max_consecutive_actor_init_deaths": 3}
+    saved = {name: getattr(context, name) for name in settings}
+    for name, value in settings.items():
+        setattr(context, name, value)
+    data_logger = logging.getLogger("ray.data")
+    level = data_logger.level
+    data_logger.setLevel(logging.ERROR)
+    try:
+        yield context
+    finally:
+        for name, value in saved.items():
+            setattr(context, name, value)
+        data_logger.setLevel(level)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def _connection_problem(address: str, error: BaseException) -> str:
+    """One line on why joining the cluster failed; a cluster with token authentication (Ray's default for new
+    clusters since 2.59-2.61) rejects a driver without its token, which Ray reports only as a failed connection."""
+    token_help = ("set RAY_AUTH_MODE=token and the cluster's token here (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or "
+                  "~/.ray/auth_token; `ray get-auth-token` prints it on the head node)")
+    text = f"{type(error).__name__}: {error}".lower()
+    if "authenticat" in text or "auth token" in text:
+        return f"the Ray cluster at {address} rejected this connection's token: {token_help} ({_first_line(error)})"
+    hint = ""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        hint = f"; if the cluster uses token authentication, {token_help}"
+    return f"cannot connect to the Ray cluster at {address}: {_first_line(error)}{hint}"
