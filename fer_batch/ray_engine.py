@@ -34,6 +34,9 @@ from fer_batch.work import ItemResult, WorkUnit, analyse
 INSTALL_HINT = "pip install 'fer-batch[ray]'"
 # Ray retries a unit this many times when its actor dies (process killed, node lost) before giving up on it.
 UNIT_RETRIES = 2
+# Images per Ray task (about a second of one CPU's work) when there are enough to keep every worker busy.
+TASK_IMAGES = 32
+TASKS_PER_WORKER = 4
 # Units Ray gave up on are retried in pieces of this many analysed frames (videos) or one image each.
 PIECE_FRAMES = 32
 # A Ray started by fer-batch keeps only units and results in its object store: kilobytes, not frames.
@@ -69,7 +72,8 @@ def node_label() -> str:
 
 
 class AnalyseActor:
-    """A Ray Data callable class: loads the models once, then analyses one pickled WorkUnit per call."""
+    """A Ray Data callable class: loads the models once, then analyses the units of one task per call (a row
+    holds a pickled list of WorkUnits); returns a row per unit: its id, its pickled ItemResults, the node."""
 
     def __init__(self, options: dict, batch: int):
         from fer_batch.recognizer import EmotionRecognizer
@@ -82,14 +86,12 @@ class AnalyseActor:
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids, payloads = [], []
-        for data in rows["unit"]:
-            unit: WorkUnit = pickle.loads(data)
-            ids.append(unit.id)
-            payloads.append(pickle.dumps(self.analyse(unit), protocol=pickle.HIGHEST_PROTOCOL))
-        count = len(ids)
+        for data in rows["units"]:
+            for unit in pickle.loads(data):
+                ids.append(unit.id)
+                payloads.append(pickle.dumps(self.analyse(unit), protocol=pickle.HIGHEST_PROTOCOL))
         return {"id": np.array(ids, np.int64), "results": np.array(payloads, dtype=object),
-                "node": np.array([self.where] * count),
-                "pid": np.full(count, os.getpid(), np.int64)}
+                "node": np.array([self.where] * len(ids))}
 
     def analyse(self, unit: WorkUnit) -> list[ItemResult]:
         results: list[ItemResult] = []
@@ -156,7 +158,6 @@ class RayEngine:
         self.workers = config.workers if config.workers > 0 else capacity
         self.units_per_node: dict[str, int] = {}
         self.restarts = 0
-        self.pids: set[int] = set()
         options = self.config.recognizer_options(self.threads)
         if options.get("model"):
             options["model"] = os.path.abspath(options["model"])
@@ -238,7 +239,7 @@ class RayEngine:
                 pieces[next_id] = (unit.id, position, replace(piece, id=next_id))
                 next_id += 1
         returned: dict[int, list[ItemResult]] = {}
-        for piece_id, results in self._execute([piece for _, _, piece in pieces.values()], retries=1):
+        for piece_id, results in self._execute([piece for _, _, piece in pieces.values()], retries=1, group=False):
             returned.setdefault(piece_id, results)
         by_unit: dict[int, list[tuple[int, list[ItemResult]]]] = {}
         for piece_id, (unit_id, position, piece) in pieces.items():
@@ -251,17 +252,20 @@ class RayEngine:
                 yield unit.id, results, False
             yield unit.id, [], True
 
-    def _execute(self, units: list[WorkUnit], retries: int) -> Iterator[tuple[int, list[ItemResult]]]:
-        """One Ray Data pass over ``units``: (unit id, results) as units finish; lost units are left out."""
+    def _execute(self, units: list[WorkUnit], retries: int, group: bool = True
+                 ) -> Iterator[tuple[int, list[ItemResult]]]:
+        """One Ray Data pass over ``units`` (image units grouped into tasks with ``group``, else a task each):
+        (unit id, results) as units finish; units of tasks Ray gave up on are left out."""
         ray = self.ray
-        items = [{"unit": pickle.dumps(unit, protocol=pickle.HIGHEST_PROTOCOL)} for unit in units]
-        workers = min(self.workers, len(units))
+        tasks = _tasks(units, self.workers) if group else [[unit] for unit in units]
+        items = [{"units": pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)} for task in tasks]
+        workers = min(self.workers, len(items))
         with _quiet_data_context(ray), warnings.catch_warnings():
             # Ray Data's named parameters have no retry limit, and its default (retry forever) would loop on an
             # input that kills its worker every time; the generic remote args work until Ray 2.64 (the pin).
             warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
             warnings.filterwarnings("ignore", category=DeprecationWarning, module="ray.data.context")  # its own
-            dataset = ray.data.from_items(items, override_num_blocks=len(items))  # one unit per block and call
+            dataset = ray.data.from_items(items, override_num_blocks=len(items))  # one task per block and call
             dataset = dataset.map_batches(
                 AnalyseActor, batch_size=1, batch_format="numpy",
                 fn_constructor_kwargs={"options": self.options, "batch": self.config.batch},
@@ -274,7 +278,6 @@ class RayEngine:
                 for row in dataset.iter_rows():
                     node = str(row["node"])
                     self.units_per_node[node] = self.units_per_node.get(node, 0) + 1
-                    self.pids.add(int(row["pid"]))
                     yield int(row["id"]), pickle.loads(row["results"])
             except ray.exceptions.RayError as error:
                 if "AnalyseActor" in str(error) and "__init__" in str(error):
@@ -299,6 +302,28 @@ class RayEngine:
         if self._owned and self.ray.is_initialized():
             self.ray.shutdown()
         self._owned = False
+
+
+def _tasks(units: list[WorkUnit], workers: int) -> list[list[WorkUnit]]:
+    """Units grouped into Ray tasks: a video range alone; consecutive image units together, up to TASK_IMAGES
+    images, while every worker still gets several tasks. A Ray Data task costs the driver ~10 ms (measured on 2
+    cores): with units of 8 images, a large cluster would wait on the driver rather than on the models."""
+    images = sum(len(unit.sources) for unit in units if not unit.is_video)
+    per_task = max(1, min(TASK_IMAGES, images // (TASKS_PER_WORKER * workers)))
+    tasks: list[list[WorkUnit]] = []
+    group: list[WorkUnit] = []
+    for unit in units:
+        if unit.is_video:
+            tasks.extend([group] if group else [])
+            tasks.append([unit])
+            group = []
+            continue
+        if group and sum(len(u.sources) for u in group) + len(unit.sources) > per_task:
+            tasks.append(group)
+            group = []
+        group.append(unit)
+    tasks.extend([group] if group else [])
+    return tasks
 
 
 def _pieces(unit: WorkUnit) -> list[WorkUnit]:

@@ -29,6 +29,7 @@ from conftest import REPO, moving_face_frames, read_csv, run_cli, write_video
 ray = pytest.importorskip("ray", reason="the Ray engine needs the ray extra: pip install 'fer-batch[ray]'")
 pytest.importorskip("ray.data", reason="the Ray engine needs Ray Data: pip install 'fer-batch[ray]'")
 
+from fer_batch.onnx import ModelError  # noqa: E402
 from fer_batch.runner import LabelConfig, label_files  # noqa: E402
 from fer_batch.sources import Source  # noqa: E402
 from fer_batch.work import WorkUnit  # noqa: E402
@@ -148,6 +149,42 @@ def test_local_ray_equals_local_engine_on_images_and_videos(local_ray, media, re
     assert [row["source"] for row in errors] == [str(media["photos"] / "corrupt.jpg")]
 
 
+def test_image_units_are_grouped_into_tasks_only_when_every_worker_keeps_several():
+    from fer_batch.ray_engine import TASK_IMAGES, _tasks
+
+    def images(unit_id: int, count: int = 8) -> WorkUnit:
+        return WorkUnit(unit_id, tuple(Source(Path(f"{unit_id}-{i}.jpg"), f"{unit_id}-{i}.jpg", "image")
+                                       for i in range(count)))
+
+    def ids(tasks):
+        return [[unit.id for unit in task] for task in tasks]
+
+    few = [images(i) for i in range(7)]
+    assert ids(_tasks(few, 2)) == [[i] for i in range(7)]  # 56 images: no fewer than 4 tasks per worker
+    many = [images(i) for i in range(100)]
+    grouped = _tasks(many, 2)
+    assert [unit.id for task in grouped for unit in task] == list(range(100))  # plan order kept
+    assert all(sum(len(unit.sources) for unit in task) <= TASK_IMAGES for task in grouped)
+    assert len(grouped) == 25
+    video = WorkUnit(3, (Source(Path("v.mp4"), "v.mp4", "video"),))
+    mixed = [images(0), images(1), images(2), video, images(4)]
+    assert ids(_tasks(mixed, 1)) == [[0], [1], [2], [3], [4]]
+    assert ids(_tasks([images(i) for i in range(30)] + [video], 1))[-1] == [3]  # a video range goes alone
+
+
+def test_many_images_in_grouped_tasks_equal_local_engine(local_ray, astronaut, tmp_path):
+    folder = tmp_path / "thumbs"
+    folder.mkdir()
+    for index in range(140):  # small: fast to analyse, many enough that image units are grouped into tasks
+        side = 96 + index % 5 * 16
+        image = cv2.resize(astronaut, (side, side)) if index % 3 else np.full((side, side, 3), index, np.uint8)
+        cv2.imwrite(str(folder / f"thumb_{index:03d}.jpg"), image)
+    label_files([str(folder)], tmp_path / "local.csv", LabelConfig(workers=1, progress=False))
+    summary = label_files([str(folder)], tmp_path / "ray.csv", LabelConfig(engine="ray", progress=False))
+    assert_same_rows(read_csv(tmp_path / "local.csv"), read_csv(tmp_path / "ray.csv"))
+    assert sum(summary.units_per_node.values()) == 140 // 8 + 1
+
+
 def test_resume_through_ray(local_ray, media, reference, tmp_path):
     """A run cut after whole items (as kill -9 leaves it) is finished by --resume into the same rows."""
     for name, done in (("photos", lambda row, first: row["source"] in first),
@@ -182,6 +219,15 @@ def test_unreadable_file_names_the_node(local_ray, tmp_path):
     assert result.source == "gone.jpg"
     assert result.error.startswith("on node ") and "cannot read file" in result.error, result.error
     assert ray.is_initialized()  # a Ray the caller started stays up
+
+
+def test_model_that_cannot_load_is_a_model_error(local_ray, media, tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx model")
+    with pytest.raises(ModelError, match="cannot load the models on Ray node"):
+        label_files([str(media["photos"])], tmp_path / "out.csv", LabelConfig(engine="ray", model=str(bad),
+                                                                             progress=False))
+    assert not (tmp_path / "out.csv").exists()
 
 
 def _busy_actor_processes() -> list[int]:
@@ -380,6 +426,16 @@ def test_two_node_cluster_on_loopback(loopback_cluster, media, reference, tmp_pa
     # Both nodes analysed units. (Ray advertises a node started on 127.0.0.1 under the machine's IP, so the two
     # keys share an address and differ by node id.)
     assert len(info["units_per_node"]) == 2, info["units_per_node"]
+
+    # RAY_ADDRESS stands in for --ray-address.
+    output = tmp_path / "photos.csv"
+    result = subprocess.run(
+        [sys.executable, "-m", "fer_batch", "label", str(media["photos"]), "-o", str(output), "--engine", "ray",
+         "--quiet"], capture_output=True, text=True, timeout=600,
+        env={**loopback_cluster.env, "RAY_ADDRESS": loopback_cluster.address})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_rows(reference["photos"], read_csv(output))
+    assert json.loads(output.with_suffix(".run.json").read_text())["workers"] == 2
 
 
 def test_cluster_that_wants_a_token_names_the_fix(loopback_cluster, media, tmp_path):
