@@ -2,10 +2,11 @@
 
 ``fer-batch label ... --engine ray [--ray-address ADDR]`` joins a running cluster (``--ray-address``, else the
 ``RAY_ADDRESS`` environment variable) or starts a local Ray. The runner plans the units as for local workers; here
-they become a Ray Dataset, one unit per block, and ``map_batches`` hands them to a pool of :class:`AnalyseActor` s
-(one per CPU, each loading the models once). An actor decodes and analyses its unit where it runs, with the same
-:func:`fer_batch.work.analyse` as every engine, so frames never travel: only the pickled per-face
-:class:`ItemResult` s come back. The runner merges them in order, tracks, smooths and writes, as for local workers.
+they become a Ray Dataset, one task per block (a video range, or a few image units), and ``map_batches`` hands the
+tasks to a pool of :class:`AnalyseActor` s (one per CPU, each loading the models once). An actor decodes and
+analyses its units where it runs, with the same :func:`fer_batch.work.analyse` as every engine, so frames never
+travel: only the pickled per-face :class:`ItemResult` s come back. The runner merges them in order, tracks,
+smooths and writes, as for local workers.
 
 Inputs must be readable at the same path on every node (a shared filesystem); a node that cannot read a file
 turns it into an error row naming the node. An actor that dies (its process killed, its node lost) is restarted
@@ -193,7 +194,10 @@ class RayEngine:
         return True
 
     def _capacity(self, threads: int) -> int:
-        """Actors of ``threads`` CPUs each that the cluster's alive nodes can hold (at least 1)."""
+        """Actors of ``threads`` CPUs each that the cluster's alive nodes can hold (at least 1). No CPU is kept
+        back for Ray Data: this pipeline (items -> one actor stage -> the driver) runs no Ray Data tasks, and Ray
+        Data's own actors reserve 0 CPUs; a pool filling every CPU ran on a 2-CPU local Ray and on two 1-CPU
+        nodes without stalling."""
         total = 0
         for node in self.ray.nodes():
             if node.get("Alive"):
