@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -105,6 +106,7 @@ class HeadNode:
             except ProcessLookupError:
                 pass
         self.process.wait(timeout=10)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def main() -> None:
@@ -139,6 +141,7 @@ def main() -> None:
                         way_env), 2))
     finally:
         head.stop()
+        shutil.rmtree(work, ignore_errors=True)
     result = {"cpu": cpu_model(), "cores": cores, "repeat": args.repeat,
               "inputs": {"video": "640x360, 25 fps, 275 frames", "folder": f"{args.photos} photos"}}
     for name, by_way in runs.items():
