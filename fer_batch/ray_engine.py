@@ -159,6 +159,7 @@ class RayEngine:
         self.workers = config.workers if config.workers > 0 else capacity
         self.units_per_node: dict[str, int] = {}
         self.restarts = 0
+        self._restarts_before = self._job_restarts()  # a session the caller keeps may hold earlier runs' actors
         options = self.config.recognizer_options(self.threads)
         if options.get("model"):
             options["model"] = os.path.abspath(options["model"])
@@ -285,21 +286,29 @@ class RayEngine:
                     yield int(row["id"]), pickle.loads(row["results"])
             except ray.exceptions.RayError as error:
                 if "AnalyseActor" in str(error) and "__init__" in str(error):
-                    raise EngineError(f"Ray workers cannot load the models: {_first_line(error)}") from None
+                    # wait_ready's check passed on one node but actors cannot load the models: a ModelError, which
+                    # the CLI reports in one line (the runner converts EngineError only from wait_ready).
+                    from fer_batch.onnx import ModelError
+
+                    raise ModelError(f"Ray workers cannot load the models: {_first_line(error)}") from None
                 raise
             finally:
                 self._count_restarts()
 
     def _count_restarts(self) -> None:
-        """Actor restarts of this job, as the cluster's actor table records them (a developer API: best effort)."""
+        self.restarts = max(self.restarts, self._job_restarts() - self._restarts_before)
+
+    def _job_restarts(self) -> int:
+        """Restarts of this job's AnalyseActors so far, as the cluster's actor table records them (a developer
+        API: best effort, 0 when it cannot say; the rows never depend on it)."""
         try:
             from ray._private.state import actors
 
             table = actors(job_id=self.ray.JobID.from_hex(self._job_id))
-            self.restarts = max(self.restarts, sum(int(entry.get("NumRestarts", 0)) for entry in table.values()
-                                                   if "AnalyseActor" in str(entry.get("ActorClassName", ""))))
-        except Exception:  # noqa: BLE001 - the count is informative only; the rows do not depend on it
-            pass
+            return sum(int(entry.get("NumRestarts", 0)) for entry in table.values()
+                       if "AnalyseActor" in str(entry.get("ActorClassName", "")))
+        except Exception:  # noqa: BLE001 - informative only
+            return 0
 
     def close(self) -> None:
         """Disconnect from the cluster (a Ray this engine started stops with it)."""
