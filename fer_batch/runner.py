@@ -151,6 +151,9 @@ def label_files(inputs: list[str], output: str | Path, config: LabelConfig | Non
     ModelError (bad model) before any work starts; per-file problems become error rows instead. A ``recognizer``
     given here runs in this process (one worker).
     """
+    from fer_batch.engines import EngineError
+    from fer_batch.onnx import ModelError
+
     config = config or LabelConfig()
     started_at = datetime.now(timezone.utc)
     started = time.perf_counter()
@@ -186,7 +189,10 @@ def label_files(inputs: list[str], output: str | Path, config: LabelConfig | Non
                     summary.errors += 1
             summary.skipped = len(sink.done)
             units = plan(sources, sink.done, config, summary.workers, ranges)
-            _merge(engine.run(units), sink, summary, config, total=sum(unit.planned_items() for unit in units))
+            try:
+                _merge(engine.run(units), sink, summary, config, total=sum(unit.planned_items() for unit in units))
+            except EngineError as error:  # the engine cannot go on at all (e.g. actors that cannot load the models)
+                raise ModelError(str(error)) from None
     finally:
         engine.close()
         summary.restarts = getattr(engine, "restarts", 0)
@@ -226,7 +232,7 @@ def _make_engine(config: LabelConfig, recognizer, summary: RunSummary):
         engine = RayEngine(config)
         summary.workers, summary.threads = engine.workers, engine.threads
         return engine
-    workers = 1 if recognizer is not None else (config.workers or cores)
+    workers = 1 if recognizer is not None else (config.workers or auto_workers(cores))
     threads = config.threads or max(1, cores // workers)
     summary.workers, summary.threads = workers, threads
     if workers == 1:
@@ -240,6 +246,14 @@ def _make_engine(config: LabelConfig, recognizer, summary: RunSummary):
     engine = ProcessEngine(workers, config.recognizer_options(threads), batch=config.batch)
     engine.start()
     return engine
+
+
+def auto_workers(cores: int) -> int:
+    """``--workers auto``: one worker process per usable core - except on one or two cores, where one process with
+    a thread per core measured as fast in steady state (two single-thread processes reached 65.6 frames/s together
+    on the 2-vCPU benchmark machine, one process with two threads 65) and starts 0.5 s sooner with less than half
+    the memory (``python benchmarks/scale.py``)."""
+    return cores if cores > 2 else 1
 
 
 def engine_ready(engine) -> None:
