@@ -1,7 +1,7 @@
 """How fer-batch scales with worker processes, and where a worker's time goes.
 
     python benchmarks/scale.py                          # generated clip and photos, workers 1..cores
-    python benchmarks/scale.py --baseline 2851c84       # also: whole-command time of an older commit, same clip
+    python benchmarks/scale.py --baseline 2851c84 --pairs 10   # also: an older commit's whole-command time
     python benchmarks/scale.py --workers 1 2 4 8 16 --separate 16
 
 Prints JSON with:
@@ -9,8 +9,9 @@ Prints JSON with:
   classifier sessions) against everything else (decoding, resizing, anchor decoding and NMS, crops, pickling the
   results for the parent, building CSV rows);
 - ``video`` / ``folder``: whole-command wall time of ``fer-batch label`` (a fresh process each run, start-up
-  included, best of --repeat) per worker count, frames or images per second, parallel efficiency against one
-  worker, and the peak resident memory of the whole process tree (parent + workers);
+  included, best of --repeat) per worker count (threads: the cores divided among them), frames or images per
+  second, the peak resident memory of the whole process tree (parent + workers), and for the clip the parallel
+  efficiency: frames/s over (cores x the one-thread worker's frames/s);
 - ``separate``: N independent processes at --threads 1, each labelling the clip: the machine's throughput ceiling
   that one command with N workers is compared with;
 - ``baseline``: with --baseline REV, the same clip through that commit's code (a git worktree), interleaved with
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--photos", type=int, default=60, help="photos in the generated folder")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--baseline", metavar="REV", help="compare whole-command time with this commit")
+    parser.add_argument("--pairs", type=int, default=5, help="interleaved old/new runs for --baseline")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -167,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"workers": workers, "seconds": round(seconds, 2), "per_s": round(items / seconds, 1),
                          "peak_rss_mb": round(peak / 2 ** 20)})
             print(name, rows[-1], file=sys.stderr)
-        for row in rows:
-            row["efficiency"] = round(row["per_s"] / (rows[0]["per_s"] * row["workers"]), 2)
+        if name == "video":  # against every core running at the one-thread worker's rate (start-up included)
+            for row in rows:
+                row["efficiency"] = round(row["per_s"] / (cores * results["worker_profile"]["frames_per_s"]), 2)
         default_seconds, peak = best(args.repeat, *label_command(inputs, work / "out.csv"))
         results[name] = {"per_worker_count": rows, "default_seconds": round(default_seconds, 2),
                          "default_per_s": round(items / default_seconds, 1),
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                        check=True, capture_output=True)
         try:
             old_times, new_times = [], []
-            for _ in range(max(args.repeat, 5)):  # interleaved, so drifting load hits both alike
+            for _ in range(args.pairs):  # interleaved, so drifting load hits both alike
                 old_times.append(run_command(*label_command([str(clip)], work / "old.csv", python_path=old))[0])
                 new_times.append(run_command(*label_command([str(clip)], work / "new.csv"))[0])
         finally:
