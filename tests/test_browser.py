@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 from pathlib import Path
 from urllib.parse import unquote
@@ -25,13 +26,29 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists() and os.environ.get("CI") !
                                        "installs it)")
 
 
-def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    """Headless Chromium with a throwaway profile and nothing that reaches the network."""
+def chromium(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Headless Chromium with a throwaway profile and nothing that reaches the network. It runs in its own process
+    group with its output in files: on a timeout the whole group (renderers, zygotes) is killed and the test fails
+    instead of waiting forever on a pipe that a leftover child still holds."""
     profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
     command = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
                "--mute-audio", f"--user-data-dir={profile}", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+    stdout, stderr = profile.with_suffix(".out"), profile.with_suffix(".err")
+    with open(stdout, "w") as out, open(stderr, "w") as err:
+        process = subprocess.Popen(command, stdout=out, stderr=err, start_new_session=True)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            pytest.fail(f"Chromium did not finish in {timeout:.0f} s: {' '.join(args)}")
+        finally:
+            try:  # renderers and zygotes left behind by a finished browser
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    return subprocess.CompletedProcess(command, process.returncode, stdout.read_text(errors="replace"),
+                                       stderr.read_text(errors="replace"))
 
 
 @pytest.fixture(scope="module")
