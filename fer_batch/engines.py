@@ -75,6 +75,10 @@ class _Assignment:
     last_frame: int = -1  # videos: the last frame sent back
     crashes: int = 0
 
+    def failed(self, message: str) -> ItemResult:
+        """The error result for the first item this assignment had not returned."""
+        return self.unit.failed_item(self.returned, self.last_frame, message)
+
 
 @dataclass
 class _Worker:
@@ -194,7 +198,7 @@ class ProcessEngine:
             assignment = worker.queue.popleft()
             results = []
             if kind == "failed":
-                results = [_error_result(assignment, f"analysis failed: {message[2]}")]
+                results = [assignment.failed(f"analysis failed: {message[2]}")]
             unfinished.remove(assignment.unit.id)
             yield assignment.unit.id, results, True
 
@@ -220,7 +224,7 @@ class ProcessEngine:
             return
         # The same first item killed a worker twice: it becomes an error row; the rest is retried.
         message = f"worker process crashed ({reason}) while analysing this item"
-        failed = _error_result(current, message)
+        failed = current.failed(message)
         rest = _remainder(current, skip_first=True)
         if rest is None:
             unfinished.remove(current.unit.id)
@@ -252,9 +256,9 @@ def _remainder(assignment: _Assignment, skip_first: bool = False) -> _Assignment
     if unit.is_video:
         start = max(unit.start, assignment.last_frame + 1)
         if skip_first:
-            start = _next_frame(unit, start) + 1
+            start = unit.next_frame(start) + 1
         stop = unit.stop if unit.stop is not None else None
-        if stop is not None and _next_frame(unit, start) >= stop:
+        if stop is not None and unit.next_frame(start) >= stop:
             return None
         return _Assignment(replace(unit, start=start), assignment.batch, crashes=assignment.crashes)
     done = assignment.returned + (1 if skip_first else 0)
@@ -262,22 +266,6 @@ def _remainder(assignment: _Assignment, skip_first: bool = False) -> _Assignment
         return None
     # Images go one at a time after a crash, so the next crash names its image.
     return _Assignment(replace(unit, sources=unit.sources[done:]), 1, crashes=assignment.crashes)
-
-
-def _next_frame(unit: WorkUnit, start: int) -> int:
-    """The first frame at or after ``start`` that the unit analyses (a multiple of ``every``, not skipped)."""
-    frame = -(-start // unit.every) * unit.every
-    while frame in unit.skip:
-        frame += unit.every
-    return frame
-
-
-def _error_result(assignment: _Assignment, message: str) -> ItemResult:
-    unit = assignment.unit
-    if unit.is_video:
-        frame = _next_frame(unit, max(unit.start, assignment.last_frame + 1))
-        return ItemResult(unit.sources[0].name, frame=frame, time_s=None, error=message)
-    return ItemResult(unit.sources[min(assignment.returned, len(unit.sources) - 1)].name, error=message)
 
 
 def _exit_reason(process: multiprocessing.Process) -> str:

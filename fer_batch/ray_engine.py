@@ -100,27 +100,13 @@ class AnalyseActor:
             for batch in analyse(unit, self.recognizer, self.batch):
                 results.extend(batch)
         except Exception as error:  # noqa: BLE001 - the unit's next item becomes an error row, as with local workers
-            results.append(_failed_item(unit, results, f"analysis failed: {type(error).__name__}: {error}"))
+            frames = [result.frame for result in results if result.frame is not None]
+            results.append(unit.failed_item(len(results), max(frames, default=unit.start - 1),
+                                            f"analysis failed: {type(error).__name__}: {error}"))
         for result in results:
             if result.error.startswith(LOCAL_ERRORS):
                 result.error = f"on node {self.node}: {result.error}"
         return results
-
-
-def _failed_item(unit: WorkUnit, done: list[ItemResult], message: str) -> ItemResult:
-    """An error result for the first item of ``unit`` that has no result in ``done``."""
-    if unit.is_video:
-        frames = [result.frame for result in done if result.frame is not None]
-        return ItemResult(unit.sources[0].name, frame=_next_frame(unit, max(frames) + 1 if frames else unit.start),
-                          error=message)
-    return ItemResult(unit.sources[min(len(done), len(unit.sources) - 1)].name, error=message)
-
-
-def _next_frame(unit: WorkUnit, start: int) -> int:
-    frame = -(-max(start, unit.start) // unit.every) * unit.every
-    while frame in unit.skip:
-        frame += unit.every
-    return frame
 
 
 def _load_models(options: dict) -> tuple[str, str]:
@@ -362,7 +348,7 @@ def _lost(piece: WorkUnit) -> ItemResult:
     if not piece.is_video:
         return ItemResult(piece.sources[0].name, error="not analysed: the Ray worker analysing this image died on "
                                                        "every try (see the Ray logs)")
-    first = _next_frame(piece, piece.start)
+    first = piece.next_frame(piece.start)
     until = f"frames {first} to {piece.stop - 1}" if piece.stop is not None else f"frames from {first}"
     return ItemResult(piece.sources[0].name, frame=first,
                       error=f"not analysed: the Ray worker analysing {until} died on every try (see the Ray logs)")

@@ -40,6 +40,21 @@ class WorkUnit:
     def is_video(self) -> bool:
         return self.sources[0].kind == "video"
 
+    def next_frame(self, start: int) -> int:
+        """The first frame at or after ``start`` (and the range's start) that this unit analyses: a multiple of
+        ``every``, not already done."""
+        frame = -(-max(start, self.start) // self.every) * self.every
+        while frame in self.skip:
+            frame += self.every
+        return frame
+
+    def failed_item(self, returned: int, last_frame: int, message: str) -> ItemResult:
+        """An error result for the first item after the ``returned`` items (videos: after frame ``last_frame``)
+        that came back before a worker failed."""
+        if self.is_video:
+            return ItemResult(self.sources[0].name, frame=self.next_frame(last_frame + 1), error=message)
+        return ItemResult(self.sources[min(returned, len(self.sources) - 1)].name, error=message)
+
     def planned_items(self) -> int:
         """Items this unit will yield (for progress bars): images, or analysed frames of the range."""
         if not self.is_video:
