@@ -328,7 +328,7 @@ def _video_ranges(source: Source, every: int, workers: int) -> Iterator[tuple[in
         yield 0, None, 0, True, None  # the unit reports the error
         return
     if workers <= 1 or index is None or count <= MIN_CHUNK_FRAMES:
-        yield 0, None, count, True, None
+        yield 0, None, count, True, index  # the index read here spares the analysis a second demuxing pass
         return
     size = min(MAX_CHUNK_FRAMES, max(MIN_CHUNK_FRAMES * every, math.ceil(count / (workers * UNITS_PER_WORKER))))
     starts = [0]
