@@ -11,4 +11,4 @@ from fer_batch.recognizer import EmotionRecognizer, Face
 from fer_batch.runner import LabelConfig, RunSummary, label_files
 
 __all__ = ["EMOTIONS", "EmotionClassifier", "EmotionRecognizer", "Face", "LabelConfig", "RunSummary", "label_files"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
