@@ -250,9 +250,10 @@ def _make_engine(config: LabelConfig, recognizer, summary: RunSummary):
 
 def auto_workers(cores: int) -> int:
     """``--workers auto``: one worker process per usable core - except on one or two cores, where one process with
-    a thread per core measured as fast in steady state (two single-thread processes reached 65.6 frames/s together
-    on the 2-vCPU benchmark machine, one process with two threads 65) and starts 0.5 s sooner with less than half
-    the memory (``python benchmarks/scale.py``)."""
+    a thread per core measured at least as fast with less than half the memory (``python benchmarks/scale.py`` on
+    the 2-vCPU AVX2 machine: clip 6.69 s against 6.76 s with two workers, 60 photos 2.86 s against 3.49 s, peak
+    326 MB against 747 MB): two single-thread processes there reach only 1.7x one, as one process does with two
+    threads."""
     return cores if cores > 2 else 1
 
 
