@@ -73,8 +73,8 @@ class RetinaFaceDetector:
 
     def preprocess(self, images_bgr: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
         """Resize to ``size`` (w, h), subtract the mean, NHWC -> NCHW float32. Splitting the planes with OpenCV and
-        subtracting into one preallocated array measured 0.8 ms a 640x360 frame on an AVX2 EPYC, against 4.3 ms
-        for cv2.dnn.blobFromImages (``python benchmarks/scale.py`` profiles it as detector pre/post)."""
+        subtracting into one preallocated array took the detector's pre/post-processing from 3.9 ms a 640x360 frame
+        with cv2.dnn.blobFromImages to 0.9 ms on an AVX2 EPYC (``python benchmarks/scale.py``'s worker profile)."""
         width, height = size
         batch = np.empty((len(images_bgr), 3, height, width), np.float32)
         for index, image in enumerate(images_bgr):
