@@ -141,8 +141,6 @@ def rows_for(result: ItemResult) -> list[Row]:
             for i, (box, score, p) in enumerate(zip(result.boxes, result.scores, result.probabilities))]
 
 
-
-
 def label_files(inputs: list[str], output: str | Path, config: LabelConfig | None = None,
                 recognizer=None) -> RunSummary:
     """Label every image and video frame under ``inputs`` into the CSV ``output``; returns the run's summary.
@@ -175,7 +173,9 @@ def label_files(inputs: list[str], output: str | Path, config: LabelConfig | Non
         ranges = {source.name: list(_video_ranges(source, config.every, summary.workers))
                   for source in sources if source.kind == "video"}
         _environment()
-        engine_ready(engine)
+        wait_ready = getattr(engine, "wait_ready", None)
+        if wait_ready is not None:  # worker processes or a cluster: until every worker has its models
+            wait_ready()
         with CsvSink(output, resume=config.resume, force=config.force) as sink:
             mixed = sink.smooth_values - {f"{config.smooth:g}"}
             if mixed:
@@ -189,10 +189,9 @@ def label_files(inputs: list[str], output: str | Path, config: LabelConfig | Non
                     summary.errors += 1
             summary.skipped = len(sink.done)
             units = plan(sources, sink.done, config, summary.workers, ranges)
-            try:
-                _merge(engine.run(units), sink, summary, config, total=sum(unit.planned_items() for unit in units))
-            except EngineError as error:  # the engine cannot go on at all (e.g. actors that cannot load the models)
-                raise ModelError(str(error)) from None
+            _merge(engine.run(units), sink, summary, config, total=sum(unit.planned_items() for unit in units))
+    except EngineError as error:  # workers that cannot load the models, before or during the run: exit status 2
+        raise ModelError(str(error)) from None
     finally:
         engine.close()
         summary.restarts = getattr(engine, "restarts", 0)
@@ -255,19 +254,6 @@ def auto_workers(cores: int) -> int:
     326 MB against 747 MB): two single-thread processes there reach only 1.7x one, as one process does with two
     threads."""
     return cores if cores > 2 else 1
-
-
-def engine_ready(engine) -> None:
-    """Wait until the engine's workers have loaded their models; a model they cannot load is a ModelError."""
-    from fer_batch.engines import EngineError
-    from fer_batch.onnx import ModelError
-
-    wait = getattr(engine, "wait_ready", None)
-    if wait is not None:
-        try:
-            wait()
-        except EngineError as error:
-            raise ModelError(str(error)) from None
 
 
 # Frames per video unit when workers share a video: enough for full model batches and cheap seeks, few enough

@@ -144,7 +144,6 @@ class VideoReader:
     def __init__(self, path: str | Path, threads: int = 0, index: FrameIndex | None = None):
         self.path = Path(path)
         self.threads = threads
-        self._given_index = index  # a window planned elsewhere: no need to demux the whole file again
         try:
             size = self.path.stat().st_size
         except OSError as error:
@@ -153,7 +152,7 @@ class VideoReader:
             raise InputError("empty file (0 bytes)")
         self._open_container()
         try:
-            self._describe()
+            self._describe(index)
         except BaseException:
             self.container.close()
             raise
@@ -173,14 +172,16 @@ class VideoReader:
         self.stream.codec_context.thread_count = self.threads
         self.audio_streams = list(self.container.streams.audio)
 
-    def _describe(self) -> None:
+    def _describe(self, index: FrameIndex | None) -> None:
+        """Index the packets (unless a window planned elsewhere is given: no need to demux the whole file again),
+        then read the first frame for the size and rotation and the index for the frame rate."""
         import av
 
         try:
-            self.index = self._given_index or _build_index(self.container, self.stream)
+            self.index = index or _build_index(self.container, self.stream)
         except av.error.FFmpegError as error:
             raise InputError(f"cannot read video packets: {_reason(error)}") from None
-        if self._given_index is None:
+        if index is None:
             self._rewind()
         first = self._first_frame()
         if first is None:
