@@ -125,6 +125,36 @@ def test_ferplus_majority_vote(tmp_path):
         data.load(fer, ferplus=tmp_path / "short.csv")
 
 
+def test_pack_round_trip_keeps_splits_and_votes(tmp_path):
+    rows = fer_rows(6)
+    fer = write_fer_csv(tmp_path / "fer.csv", rows)
+    ferplus = tmp_path / "fer2013new.csv"
+    ferplus.write_text("Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF\n"
+                       + "".join(f"Training,fer{i}.png,{i},1,0,0,0,0,0,0,0,0\n" for i in range(6)))
+    dataset = data.load(fer, ferplus_votes=ferplus)
+    assert dataset.labels.tolist() == [r[0] for r in rows]  # votes attached, labels untouched
+    packed = data.pack(dataset, tmp_path / "fer.npz", splits=("Training", "PublicTest"))
+    loaded = data.load(packed)
+    keep = dataset.usage != "PrivateTest"
+    np.testing.assert_array_equal(loaded.images, dataset.images[keep])
+    np.testing.assert_array_equal(loaded.labels, dataset.labels[keep])
+    np.testing.assert_array_equal(loaded.votes("Training"), dataset.votes("Training"))
+    assert set(loaded.usage) == {"Training", "PublicTest"}
+    with pytest.raises(DataError, match="no rows in split 'PrivateTest'"):
+        loaded.split("PrivateTest")
+    # FER+ majority labels from the packed votes, without the vote file.
+    relabelled = data.load(packed, ferplus="fer2013new.csv")
+    assert relabelled.labels.tolist() == [3, 6, 6]  # rows 0, 3, 4 kept: 1 (a tie) dropped
+    with pytest.raises(DataError, match=r"fer.csv: no FER\+ votes loaded"):
+        data.load(fer).votes("Training")
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(DataError, match="bad.npz: cannot read"):
+        data.load(tmp_path / "bad.npz")
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(DataError, match="other.npz: lacks images, labels, usage"):
+        data.load(tmp_path / "other.npz")
+
+
 @pytest.mark.fer2013
 @pytest.mark.skipif(not os.environ.get("FER2013_CSV"), reason="set FER2013_CSV to the real fer2013.csv[.gz]")
 def test_real_fer2013_counts():

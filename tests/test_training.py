@@ -16,6 +16,8 @@ pytest.importorskip("tf2onnx")
 
 from training.cli import main as fer_train  # noqa: E402
 
+TINY = ["--epochs", "1", "--batch-size", "16", "--widths", "8,16,16,32", "--warmup-epochs", "0", "--precision", "fp32"]
+
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
@@ -24,8 +26,7 @@ def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     data = write_fer_csv(root / "fer2013.csv.gz", fer_rows(210))
     run = root / "run"
-    code = fer_train(["train", "--data", str(data), "--out", str(run), "--epochs", "1", "--batch-size", "16",
-                      "--widths", "8,16,16,32", "--warmup-epochs", "0", "--precision", "fp32"])
+    code = fer_train(["train", "--data", str(data), "--out", str(run), *TINY])
     assert code == 0
     return data, run
 
@@ -99,6 +100,77 @@ def test_export_parity_check_fails_loudly(trained_run, tmp_path, monkeypatch):
     monkeypatch.setattr(export, "PARITY_TOLERANCE", -1.0)  # nothing can pass: the check must raise
     with pytest.raises(export.ExportError, match="differ by"):
         export.export(run, tmp_path / "m.onnx", data=None)
+
+
+def write_votes(path, labels):
+    """A FER+ file for synthetic rows: 7 annotators agree with the FER label, 3 say neutral."""
+    column = {0: "anger", 1: "disgust", 2: "fear", 3: "happiness", 4: "sadness", 5: "surprise", 6: "neutral"}
+    names = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF"]
+    lines = ["Usage,Image name," + ",".join(names)]
+    for index, label in enumerate(labels):
+        votes = dict.fromkeys(names, 0)
+        votes[column[label]] += 7
+        votes["neutral"] += 3
+        lines.append(f"Training,fer{index}.png," + ",".join(str(votes[n]) for n in names))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_distill_teacher_to_student_export_and_parity(trained_run, tmp_path):
+    """Teacher (a run folder and an exported ONNX file) -> student with FER+ votes and mixup -> ONNX export."""
+    from training.targets import TeacherTargets
+
+    data, teacher_run = trained_run
+    teacher_onnx = tmp_path / "teacher.onnx"
+    assert fer_train(["export", str(teacher_run), "-o", str(teacher_onnx), "--data", str(data)]) == 0
+    votes = write_votes(tmp_path / "fer2013new.csv", [i % 7 for i in range(210)])
+    student = tmp_path / "student"
+    assert fer_train(["distill", "--teachers", str(teacher_run), str(teacher_onnx), "--teacher-weight", "0.6",
+                      "--data", str(data), "--ferplus-votes", str(votes), "--ferplus-weight", "0.3",
+                      "--mixup", "0.2", "--robust", "--out", str(student), *TINY]) == 0
+    config = json.loads((student / "config.json").read_text())
+    assert config["teacher_weight"] == 0.6 and len(config["teachers"]) == 2 and config["label_smoothing"] == 0.0
+    assert config["augment"]["mixup"] == 0.2 and config["augment"]["jpeg_probability"] == 0.3
+    stored = TeacherTargets.load(student / "teachers.npz")
+    assert stored.training.shape == (70, 7) and set(stored.public_test_accuracy) == {
+        str(teacher_run / "best.keras"), str(teacher_onnx), "ensemble"}
+    # The ONNX export of the teacher agrees with its Keras file, so both teachers' PublicTest scores agree.
+    first, second = list(stored.public_test_accuracy.values())[:2]
+    assert first == pytest.approx(second, abs=0.02)
+    model = tmp_path / "student.onnx"
+    assert fer_train(["export", str(student), "-o", str(model), "--data", str(data)]) == 0  # parity checked
+    import onnx
+
+    training = json.loads({p.key: p.value for p in onnx.load(str(model)).metadata_props}["fer_batch.training"])
+    assert "moved 0.6 towards the mean of 2 teacher(s)" in training["recipe"]
+    assert "FER+ vote distributions" in training["recipe"]
+    # Resuming reads teachers.npz instead of running the teachers again.
+    config["epochs"] = 2
+    (student / "config.json").write_text(json.dumps(config))
+    before = (student / "teachers.npz").stat().st_mtime_ns
+    assert fer_train(["distill", "--out", str(student), "--resume", "--data", str(data)]) == 0
+    assert (student / "teachers.npz").stat().st_mtime_ns == before
+    assert json.loads((student / "state.json").read_text())["epochs_done"] == 2
+
+
+def test_distill_and_ferplus_errors(trained_run, tmp_path, capsys):
+    data, _ = trained_run
+    assert fer_train(["distill", "--out", str(tmp_path / "s"), "--data", str(data), *TINY]) == 2
+    assert "needs --teachers" in capsys.readouterr().err
+    assert fer_train(["distill", "--teachers", str(tmp_path / "nothing"), "--out", str(tmp_path / "s2"),
+                      "--data", str(data), *TINY]) == 2
+    assert "not a teacher" in capsys.readouterr().err
+    assert fer_train(["train", "--ferplus-weight", "0.5", "--out", str(tmp_path / "s3"), "--data", str(data),
+                      *TINY]) == 2
+    assert "no FER+ votes loaded" in capsys.readouterr().err
+
+
+def test_pack_then_train_from_the_npz(trained_run, tmp_path):
+    data, _ = trained_run
+    packed = tmp_path / "fer.npz"
+    assert fer_train(["pack", "--data", str(data), "-o", str(packed)]) == 0
+    assert fer_train(["train", "--data", str(packed), "--out", str(tmp_path / "run"), *TINY]) == 0
+    assert json.loads((tmp_path / "run" / "state.json").read_text())["finished"]
 
 
 def test_seed_architecture_builds():

@@ -1,13 +1,19 @@
-"""Training-time augmentation as a tf.data map over batches; it never reaches the exported graph.
+"""Training-time augmentation in NumPy and OpenCV; it never reaches the exported graph.
 
-One projective warp per image does flip, rotation, zoom and shift together (a single resampling keeps the faces
-sharp), then brightness/contrast jitter and random erasing.
+It runs on the host beside any Keras backend (TensorFlow here, JAX on a lent GPU where TensorFlow is absent), so a
+run's recipe means the same thing on both. Per face: one affine warp does flip, rotation, zoom and shift together
+(a single resampling keeps the faces sharp), then brightness/contrast jitter, optional blur, low resolution and
+JPEG artefacts (real footage is softer and more compressed than FER-2013's faces), and random erasing. Per batch:
+optional mixup or cutmix, which mix the soft targets with the same weights as the pixels.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+import cv2
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -20,60 +26,92 @@ class AugmentConfig:
     contrast: float = 0.2  # multiplied around the image mean, from [1 - c, 1 + c]
     erase_probability: float = 0.5
     erase_area: tuple[float, float] = (0.02, 0.2)  # share of the image one erased rectangle covers
+    blur_probability: float = 0.0  # Gaussian blur, sigma from [0.4, 1.2]
+    low_resolution_probability: float = 0.0  # shrink to 16..36 px and back up: small faces in wide shots
+    jpeg_probability: float = 0.0  # re-encode as JPEG at quality 25..85
+    mixup: float = 0.0  # Beta(a, a) for mixup's weight; 0 turns it off
+    cutmix: float = 0.0  # Beta(a, a) for cutmix's area; 0 turns it off (with both on, each batch picks one)
+
+    @classmethod
+    def none(cls) -> AugmentConfig:
+        return cls(flip=False, rotation_deg=0, zoom=0, shift=0, brightness=0, contrast=0, erase_probability=0)
 
 
-def augment_batch(images, config: AugmentConfig, seed: int | None = None):
-    """Augment a float32 batch tensor (B, H, W, 1) of 0..255 pixels; returns the same shape and range."""
-    import tensorflow as tf  # here, so the config (and `fer-train --help`) loads without TensorFlow
-
-    batch = tf.shape(images)[0]
-    height, width = images.shape[1], images.shape[2]
-    uniform = lambda low, high: tf.random.uniform([batch], low, high, seed=seed)  # noqa: E731
-
-    angle = uniform(-1.0, 1.0) * (config.rotation_deg * math.pi / 180.0)
+def augment_batch(images: np.ndarray, config: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """Augment faces (B, H, W) of 0..255 pixels (any dtype); returns float32 (B, H, W) in 0..255."""
+    images = np.asarray(images)
+    batch, height, width = images.shape
+    out = np.empty((batch, height, width), np.float32)
+    uniform = lambda low, high: rng.uniform(low, high, batch)  # noqa: E731
+    angle = uniform(-1.0, 1.0) * config.rotation_deg
     scale = uniform(1.0 - config.zoom, 1.0 + config.zoom)
-    flip = tf.where(uniform(0.0, 1.0) < 0.5, -1.0, 1.0) if config.flip else tf.ones([batch])
-    shift_x = uniform(-config.shift, config.shift) * width
-    shift_y = uniform(-config.shift, config.shift) * height
-    # Output pixel (x, y) samples input at A @ (x - c) + c + t, with A = R(angle) S(1/scale) F(flip).
-    cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
-    a00, a01, a10, a11 = cos * flip, -sin, sin * flip, cos
-    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
-    b0 = cx - a00 * cx - a01 * cy + shift_x
-    b1 = cy - a10 * cx - a11 * cy + shift_y
-    zeros = tf.zeros([batch])
-    transforms = tf.stack([a00, a01, b0, a10, a11, b1, zeros, zeros], axis=1)
-    images = tf.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=transforms, output_shape=[height, width], fill_value=0.0,
-        interpolation="BILINEAR", fill_mode="REFLECT")
-
-    mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
-    contrast = tf.reshape(uniform(1.0 - config.contrast, 1.0 + config.contrast), [-1, 1, 1, 1])
-    brightness = tf.reshape(uniform(-config.brightness, config.brightness) * 255.0, [-1, 1, 1, 1])
-    images = tf.clip_by_value((images - mean) * contrast + mean + brightness, 0.0, 255.0)
-
+    flip = rng.random(batch) < 0.5 if config.flip else np.zeros(batch, bool)
+    shift = np.stack([uniform(-config.shift, config.shift) * width, uniform(-config.shift, config.shift) * height], 1)
+    centre = ((width - 1) / 2.0, (height - 1) / 2.0)
+    identity = not (config.rotation_deg or config.zoom or config.shift)
+    for i in range(batch):
+        face = images[i].astype(np.float32)
+        if flip[i]:
+            face = face[:, ::-1]
+        if not identity:
+            matrix = cv2.getRotationMatrix2D(centre, float(angle[i]), float(scale[i]))
+            matrix[:, 2] += shift[i]
+            face = cv2.warpAffine(np.ascontiguousarray(face), matrix, (width, height), flags=cv2.INTER_LINEAR,
+                                  borderMode=cv2.BORDER_REFLECT_101)
+        out[i] = face
+    if config.contrast or config.brightness:
+        mean = out.mean(axis=(1, 2), keepdims=True)
+        contrast = uniform(1.0 - config.contrast, 1.0 + config.contrast)[:, None, None]
+        brightness = (uniform(-config.brightness, config.brightness) * 255.0)[:, None, None]
+        out = (out - mean) * contrast + mean + brightness
+    np.clip(out, 0.0, 255.0, out=out)
+    for i in np.flatnonzero(rng.random(batch) < config.blur_probability):
+        out[i] = cv2.GaussianBlur(out[i], (0, 0), float(rng.uniform(0.4, 1.2)))
+    for i in np.flatnonzero(rng.random(batch) < config.low_resolution_probability):
+        side = int(rng.integers(16, 37))
+        small = cv2.resize(out[i], (side, side), interpolation=cv2.INTER_AREA)
+        out[i] = cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+    for i in np.flatnonzero(rng.random(batch) < config.jpeg_probability):
+        quality = int(rng.integers(25, 86))
+        encoded = cv2.imencode(".jpg", out[i].round().astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, quality])[1]
+        out[i] = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE)
     if config.erase_probability > 0:
-        images = _random_erase(images, config, seed)
-    return images
+        _random_erase(out, config, rng)
+    return out
 
 
-def _random_erase(images, config: AugmentConfig, seed: int | None):
-    """Fill one random rectangle per chosen image with uniform noise (Zhong et al., 2017)."""
-    import tensorflow as tf
+def _random_erase(images: np.ndarray, config: AugmentConfig, rng: np.random.Generator) -> None:
+    """Fill one random rectangle of each chosen image with uniform noise (Zhong et al., 2017), in place."""
+    batch, height, width = images.shape
+    for i in np.flatnonzero(rng.random(batch) < config.erase_probability):
+        area = rng.uniform(*config.erase_area) * height * width
+        aspect = math.exp(rng.uniform(math.log(0.3), math.log(3.3)))
+        erase_h = int(round(min(max(math.sqrt(area * aspect), 1.0), height)))
+        erase_w = int(round(min(max(math.sqrt(area / aspect), 1.0), width)))
+        top = int(rng.integers(0, height - erase_h + 1))
+        left = int(rng.integers(0, width - erase_w + 1))
+        images[i, top:top + erase_h, left:left + erase_w] = rng.uniform(0.0, 255.0, (erase_h, erase_w))
 
-    batch = tf.shape(images)[0]
-    height, width = images.shape[1], images.shape[2]
-    area = tf.random.uniform([batch], *config.erase_area, seed=seed) * height * width
-    aspect = tf.exp(tf.random.uniform([batch], math.log(0.3), math.log(3.3), seed=seed))
-    erase_h = tf.clip_by_value(tf.sqrt(area * aspect), 1.0, height)
-    erase_w = tf.clip_by_value(tf.sqrt(area / aspect), 1.0, width)
-    top = tf.random.uniform([batch], 0.0, 1.0, seed=seed) * (height - erase_h)
-    left = tf.random.uniform([batch], 0.0, 1.0, seed=seed) * (width - erase_w)
-    rows = tf.range(height, dtype=tf.float32)[None, :, None]
-    cols = tf.range(width, dtype=tf.float32)[None, None, :]
-    inside = ((rows >= top[:, None, None]) & (rows < (top + erase_h)[:, None, None])
-              & (cols >= left[:, None, None]) & (cols < (left + erase_w)[:, None, None]))
-    chosen = tf.random.uniform([batch], 0.0, 1.0, seed=seed) < config.erase_probability
-    mask = (inside & chosen[:, None, None])[..., None]
-    noise = tf.random.uniform(tf.shape(images), 0.0, 255.0, seed=seed)
-    return tf.where(mask, noise, images)
+
+def mix_batch(images: np.ndarray, targets: np.ndarray, config: AugmentConfig,
+              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Mixup (Zhang et al., 2018) or cutmix (Yun et al., 2019) over a batch: each face is mixed with another face
+    of the batch, and its target with that face's target by the same share. Returns new arrays."""
+    kinds = [kind for kind, alpha in (("mixup", config.mixup), ("cutmix", config.cutmix)) if alpha > 0]
+    if not kinds:
+        return images, targets
+    kind = kinds[int(rng.integers(len(kinds)))]
+    partner = rng.permutation(len(images))
+    if kind == "mixup":
+        share = rng.beta(config.mixup, config.mixup, len(images)).astype(np.float32)
+        mixed = images * share[:, None, None] + images[partner] * (1.0 - share)[:, None, None]
+        return mixed, targets * share[:, None] + targets[partner] * (1.0 - share)[:, None]
+    height, width = images.shape[1:3]
+    mixed = images.copy()
+    share = np.empty(len(images), np.float32)
+    for i, lam in enumerate(rng.beta(config.cutmix, config.cutmix, len(images))):
+        cut_h, cut_w = int(round(height * math.sqrt(1.0 - lam))), int(round(width * math.sqrt(1.0 - lam)))
+        top, left = int(rng.integers(0, height - cut_h + 1)), int(rng.integers(0, width - cut_w + 1))
+        mixed[i, top:top + cut_h, left:left + cut_w] = images[partner[i], top:top + cut_h, left:left + cut_w]
+        share[i] = 1.0 - cut_h * cut_w / (height * width)
+    return mixed, targets * share[:, None] + targets[partner] * (1.0 - share)[:, None]

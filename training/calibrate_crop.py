@@ -15,7 +15,7 @@ import argparse
 import cv2
 import numpy as np
 
-from training.cli import DEFAULT_DATA
+from training.data import DEFAULT_DATA
 
 UPSCALE = 4
 CANVAS = 384

@@ -8,26 +8,23 @@ import os
 import sys
 from pathlib import Path
 
-DEFAULT_DATA = "../shared/data/fer2013/fer2013.csv.gz"
+from training.data import DEFAULT_DATA
 
 
-def _add_train(commands) -> None:
-    from training.train import TrainConfig
-
-    defaults = TrainConfig(data="", out="")
-    parser = commands.add_parser(
-        "train", help="train a model into a run folder",
-        description="Train on the Training split; the best checkpoint is chosen on PublicTest only. The run folder "
-                    "gets config.json, state.json, log.csv, curves.png, last.keras (for --resume) and best.keras.")
+def _add_recipe_options(parser, defaults) -> None:
+    """The options `train` and `distill` share: data, run folder, model and schedule."""
     parser.add_argument("--data", default=DEFAULT_DATA,
-                        help="fer2013.csv, fer2013.csv.gz, or an image-folder root with train/ test/ [val/] "
-                             f"(default: {DEFAULT_DATA})")
+                        help="fer2013.csv, fer2013.csv.gz, a file made by `fer-train pack`, or an image-folder root "
+                             f"with train/ test/ [val/] (default: {DEFAULT_DATA})")
     parser.add_argument("--ferplus", help="fer2013new.csv: train and select on FER+ majority-vote labels")
+    parser.add_argument("--ferplus-votes", help="fer2013new.csv: FER+'s vote distributions, mixed into the Training "
+                                                "targets by --ferplus-weight (checkpoints are still chosen on the "
+                                                "FER labels)")
+    parser.add_argument("--ferplus-weight", type=float,
+                        help="0..1: how far each Training target moves from its FER label to FER+'s vote "
+                             f"distribution (default {defaults.ferplus_weight})")
     parser.add_argument("--out", required=True, help="run folder to create (or to continue with --resume)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
-    parser.add_argument("--arch", choices=("vgg", "seed"), default=defaults.arch,
-                        help="vgg: our default; seed: the seed project's baseline with its own recipe "
-                             "(Adam 1e-4, batch 64, 30 epochs, no augmentation)")
     parser.add_argument("--widths", help=f"vgg stage widths, comma separated (default "
                                          f"{','.join(map(str, defaults.widths))})")
     parser.add_argument("--epochs", type=int, help=f"epochs (default {defaults.epochs}; seed: 30)")
@@ -41,32 +38,118 @@ def _add_train(commands) -> None:
     parser.add_argument("--patience", type=int, help=f"early-stopping patience in epochs (default {defaults.patience})")
     parser.add_argument("--seed", type=int, help=f"random seed (default {defaults.seed})")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"),
-                        help="auto: bf16 mixed precision where the CPU has native bf16, else fp32")
-    parser.add_argument("--no-augment", action="store_true", help="train without augmentation")
-    parser.set_defaults(run=_train)
+                        help="auto: bf16 mixed precision on a GPU or a CPU with native bf16, else fp32")
+    augment = parser.add_argument_group("augmentation (on the host, NumPy/OpenCV; never in the exported graph)")
+    augment.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    augment.add_argument("--mixup", type=float, help="mixup with Beta(a, a) weights (default off)")
+    augment.add_argument("--cutmix", type=float, help="cutmix with Beta(a, a) areas (default off; with --mixup "
+                                                      "each batch picks one)")
+    augment.add_argument("--robust", action="store_true",
+                         help="also blur (p 0.2), shrink to 16-36 px and back (p 0.2) and JPEG-compress (p 0.3): "
+                              "faces from real footage")
 
 
-def _train(args) -> int:
+def _recipe(args, **extra):
+    """A TrainConfig from the shared options (only those given override the defaults)."""
+    from dataclasses import replace
+
     from training.augment import AugmentConfig
-    from training.train import TrainConfig, train
+    from training.train import TrainConfig
 
     overrides = {key: value for key, value in {
         "epochs": args.epochs, "batch_size": args.batch_size, "optimizer": args.optimizer,
         "learning_rate": args.lr, "warmup_epochs": args.warmup_epochs, "weight_decay": args.weight_decay,
         "label_smoothing": args.label_smoothing, "patience": args.patience, "seed": args.seed,
-        "precision": args.precision, "ferplus": args.ferplus,
+        "precision": args.precision, "ferplus": args.ferplus, "ferplus_votes": args.ferplus_votes,
+        "ferplus_weight": args.ferplus_weight,
         "widths": tuple(int(w) for w in args.widths.split(",")) if args.widths else None,
+        **extra,
     }.items() if value is not None}
     if args.class_weights:
         overrides["class_weights"] = True
-    if args.no_augment:
-        overrides["augment"] = AugmentConfig(flip=False, rotation_deg=0, zoom=0, shift=0, brightness=0, contrast=0,
-                                             erase_probability=0)
-    if args.arch == "seed":
-        config = TrainConfig.seed_baseline(args.data, args.out, **overrides)
-    else:
-        config = TrainConfig(data=args.data, out=args.out, arch=args.arch, **overrides)
-    train(config, resume=args.resume)
+    augment = AugmentConfig.none() if args.no_augment else AugmentConfig()
+    if args.robust:
+        augment = replace(augment, blur_probability=0.2, low_resolution_probability=0.2, jpeg_probability=0.3)
+    augment = replace(augment, mixup=args.mixup or 0.0, cutmix=args.cutmix or 0.0)
+    if getattr(args, "arch", None) == "seed":
+        return TrainConfig.seed_baseline(args.data, args.out, **overrides)
+    return TrainConfig(data=args.data, out=args.out, augment=augment, **overrides)
+
+
+def _add_train(commands) -> None:
+    from training.train import TrainConfig
+
+    defaults = TrainConfig(data="", out="")
+    parser = commands.add_parser(
+        "train", help="train a model into a run folder",
+        description="Train on the Training split; the best checkpoint is chosen on PublicTest only. The run folder "
+                    "gets config.json, state.json, log.csv, curves.png, last.keras (for --resume) and best.keras.")
+    _add_recipe_options(parser, defaults)
+    parser.add_argument("--arch", choices=("vgg", "seed"), default=defaults.arch,
+                        help="vgg: our default; seed: the seed project's baseline with its own recipe "
+                             "(Adam 1e-4, batch 64, 30 epochs, no augmentation)")
+    parser.set_defaults(run=_train)
+
+
+def _train(args) -> int:
+    from training.train import train
+
+    train(_recipe(args), resume=args.resume)
+    return 0
+
+
+def _add_distill(commands) -> None:
+    from training.train import TrainConfig
+
+    defaults = TrainConfig(data="", out="")
+    parser = commands.add_parser(
+        "distill", help="train a student on a teacher ensemble's probabilities",
+        description="Knowledge distillation: each Training face's target moves from its label towards the mean of "
+                    "the teachers' probabilities (each teacher averaged over the face and its mirror image). The "
+                    "teachers' probabilities are computed once into the run folder (teachers.npz) with each "
+                    "teacher's and the ensemble's PublicTest accuracy; then the student trains like `train` "
+                    "(same run folder, --resume). Checkpoints are chosen on PublicTest's FER labels.")
+    parser.add_argument("--teachers", nargs="+", metavar="RUN",
+                        help="teacher run folders (their best.keras), .keras or .onnx files")
+    parser.add_argument("--teacher-weight", type=float, default=0.7,
+                        help="0..1: how far each target moves from the label to the teachers (default 0.7)")
+    _add_recipe_options(parser, defaults)
+    parser.set_defaults(run=_distill, label_smoothing=0.0)
+
+
+def _distill(args) -> int:
+    from training.train import train
+
+    if not args.resume and not args.teachers:
+        raise ValueError("distill needs --teachers (or --resume to continue a distillation run)")
+    train(_recipe(args, teachers=tuple(args.teachers or ()), teacher_weight=args.teacher_weight), resume=args.resume)
+    return 0
+
+
+def _add_pack(commands) -> None:
+    parser = commands.add_parser(
+        "pack", help="write the data as one compressed .npz, to carry to another machine",
+        description="Reads FER-2013 (and FER+ votes) once and writes images, labels, splits and votes as a "
+                    "compressed .npz that `--data` accepts and that loads in a second. Made to carry the data to a "
+                    "lent GPU machine; never commit it (the data's licence).")
+    parser.add_argument("--data", default=DEFAULT_DATA, help=f"default: {DEFAULT_DATA}")
+    parser.add_argument("--ferplus-votes", help="fer2013new.csv, to carry FER+'s votes inside")
+    parser.add_argument("--splits", default="Training,PublicTest",
+                        help="comma-separated splits to keep (default Training,PublicTest: PrivateTest is only "
+                             "ever scored here, with `evaluate`)")
+    parser.add_argument("-o", "--output", required=True, help="the .npz file to write")
+    parser.set_defaults(run=_pack)
+
+
+def _pack(args) -> int:
+    from training.data import SPLITS, load, pack
+
+    splits = tuple(s.strip() for s in args.splits.split(","))
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown:
+        raise ValueError(f"unknown split(s) {', '.join(unknown)}; choose from {', '.join(SPLITS)}")
+    out = pack(load(args.data, ferplus_votes=args.ferplus_votes), args.output, splits)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
     return 0
 
 
@@ -127,8 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fer-train", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     _add_train(commands)
+    _add_distill(commands)
     _add_evaluate(commands)
     _add_export(commands)
+    _add_pack(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     from training.data import DataError

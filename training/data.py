@@ -12,6 +12,7 @@ import gzip
 import io
 import logging
 import random
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 IMAGE_SIZE = 48
 NUM_PIXELS = IMAGE_SIZE * IMAGE_SIZE
 SPLITS = ("Training", "PublicTest", "PrivateTest")
+DEFAULT_DATA = "../shared/data/fer2013/fer2013.csv.gz"
 # Folder names of the image-folder variant mapped onto the CSV's Usage values.
 FOLDER_SPLITS = {"train": "Training", "training": "Training", "val": "PublicTest", "valid": "PublicTest",
                  "validation": "PublicTest", "publictest": "PublicTest", "test": "PrivateTest",
@@ -46,14 +48,26 @@ class Dataset:
     labels: np.ndarray  # (N,) int64, FER order
     usage: np.ndarray  # (N,) str, one of SPLITS
     source: str
+    ferplus_votes: np.ndarray | None = None  # (N, 10) FER+ vote counts, row-aligned, when loaded
 
-    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """Images and labels of one split; raises DataError when the split is empty."""
+    def mask(self, name: str) -> np.ndarray:
+        """The rows of one split; raises DataError when the split is empty."""
         mask = self.usage == name
         if not mask.any():
             present = sorted(set(self.usage.tolist()))
             raise DataError(f"{self.source}: no rows in split {name!r} (splits present: {', '.join(present)})")
+        return mask
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Images and labels of one split; raises DataError when the split is empty."""
+        mask = self.mask(name)
         return self.images[mask], self.labels[mask]
+
+    def votes(self, name: str) -> np.ndarray:
+        """FER+ vote counts of one split; raises DataError when they were not loaded."""
+        if self.ferplus_votes is None:
+            raise DataError(f"{self.source}: no FER+ votes loaded (give --ferplus-votes fer2013new.csv)")
+        return self.ferplus_votes[self.mask(name)]
 
     def counts(self) -> dict[str, list[int]]:
         """Per split, the number of rows of each class."""
@@ -61,18 +75,66 @@ class Dataset:
                 for s in SPLITS if (self.usage == s).any()}
 
 
-def load(path: str | Path, ferplus: str | Path | None = None) -> Dataset:
-    """Load FER-2013 from a CSV (``.csv`` or ``.csv.gz``) or an image-folder root, optionally relabelled by FER+."""
-    path = Path(path)
+def load(path: str | Path, ferplus: str | Path | None = None, ferplus_votes: str | Path | None = None) -> Dataset:
+    """Load FER-2013 from a CSV (``.csv`` or ``.csv.gz``), an image-folder root or a file made by :func:`pack`.
+
+    ``ferplus_votes`` (fer2013new.csv) attaches FER+'s vote counts to the rows; ``ferplus`` (the same file)
+    also replaces the labels by FER+'s majority vote, dropping rows it cannot map. A packed ``.npz`` carries its
+    votes inside (the file arguments are then not read again).
+    """
+    path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
-    dataset = load_folder(path) if path.is_dir() else load_csv(path)
-    if ferplus is not None:
-        if path.is_dir():
-            raise DataError(f"{ferplus}: FER+ labels join fer2013.csv by row position; they cannot be used "
-                            f"with the image-folder layout {path}")
-        dataset = apply_ferplus(dataset, Path(ferplus))
+    if path.is_dir():
+        dataset = load_folder(path)
+    elif path.suffix == ".npz":
+        dataset = load_npz(path)
+    else:
+        dataset = load_csv(path)
+    for source in (ferplus_votes, ferplus):
+        if source in (None, False) or dataset.ferplus_votes is not None:
+            continue
+        if path.is_dir() or path.suffix == ".npz":
+            raise DataError(f"{source}: FER+ labels join fer2013.csv by row position; they cannot be used "
+                            f"with {path} (pack them into it: fer-train pack --ferplus-votes)")
+        dataset.ferplus_votes = load_ferplus_votes(source, len(dataset.labels))
+    if ferplus not in (None, False):
+        dataset = apply_ferplus(dataset, str(ferplus))
     return dataset
+
+
+def load_npz(path: str | Path) -> Dataset:
+    """A dataset written by :func:`pack` (images, labels, usage, optionally FER+ votes)."""
+    path = Path(path)
+    try:
+        with np.load(path) as stored:
+            missing = [key for key in ("images", "labels", "usage") if key not in stored]
+            if missing:
+                raise DataError(f"{path}: lacks {', '.join(missing)}; not a file made by fer-train pack")
+            votes = stored["ferplus_votes"] if "ferplus_votes" in stored else None
+            dataset = Dataset(stored["images"], stored["labels"].astype(np.int64), stored["usage"].astype(str),
+                              str(path), votes)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise DataError(f"{path}: cannot read: {error}") from error
+    if dataset.images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or len(dataset.images) != len(dataset.labels):
+        raise DataError(f"{path}: images {dataset.images.shape} and labels {dataset.labels.shape} do not fit "
+                        f"(expected (N, 48, 48) and (N,))")
+    return dataset
+
+
+def pack(dataset: Dataset, out: str | Path, splits: tuple[str, ...] = SPLITS) -> Path:
+    """Write the chosen splits as one compressed ``.npz`` (to carry to another machine; never into the repo)."""
+    keep = np.isin(dataset.usage, splits)
+    values = {"images": dataset.images[keep], "labels": dataset.labels[keep].astype(np.uint8),
+              "usage": dataset.usage[keep]}
+    if dataset.ferplus_votes is not None:
+        values["ferplus_votes"] = dataset.ferplus_votes[keep].astype(np.uint8)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(out.name + ".tmp.npz")
+    np.savez_compressed(temporary, **values)
+    temporary.replace(out)
+    return out
 
 
 def _open_text(path: Path) -> io.TextIOBase:
@@ -240,11 +302,12 @@ def ferplus_labels(votes: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
     return mapped, reasons
 
 
-def apply_ferplus(dataset: Dataset, path: Path) -> Dataset:
-    """Replace the labels by the FER+ majority vote, dropping rows FER+ cannot map onto the 7 classes."""
-    labels, reasons = ferplus_labels(load_ferplus_votes(path, len(dataset.labels)))
+def apply_ferplus(dataset: Dataset, path: str) -> Dataset:
+    """Replace the labels by the FER+ majority vote (votes already attached), dropping rows it cannot map."""
+    labels, reasons = ferplus_labels(dataset.ferplus_votes)
     keep = labels >= 0
     changed = int((labels[keep] != dataset.labels[keep]).sum())
     log.info("FER+ labels from %s: kept %d of %d rows, %d relabelled; dropped %s", path, int(keep.sum()),
              len(labels), changed, ", ".join(f"{n} {r}" for r, n in reasons.items()))
-    return Dataset(dataset.images[keep], labels[keep], dataset.usage[keep], f"{dataset.source} + FER+ {path}")
+    return Dataset(dataset.images[keep], labels[keep], dataset.usage[keep], f"{dataset.source} + FER+ {path}",
+                   dataset.ferplus_votes[keep])

@@ -27,7 +27,11 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     data: str
     out: str
-    ferplus: str | None = None
+    ferplus: str | None = None  # fer2013new.csv: train and select on FER+ majority labels instead of FER's
+    ferplus_votes: str | None = None  # fer2013new.csv: its vote distributions as (part of) the training targets
+    ferplus_weight: float = 0.0  # how far each Training target moves from the FER label to FER+'s distribution
+    teachers: tuple[str, ...] = ()  # distillation: .onnx/.keras files or run folders whose probabilities to learn
+    teacher_weight: float = 0.0  # how far each Training target moves towards the teachers' probabilities
     arch: str = "vgg"
     widths: tuple[int, ...] = (32, 64, 128, 256)
     epochs: int = 60
@@ -48,8 +52,7 @@ class TrainConfig:
         """The seed project's recipe: its CNN, Adam 1e-4, batch 64, 30 epochs, no augmentation or smoothing."""
         recipe = dict(arch="seed", epochs=30, batch_size=64, optimizer="adam", learning_rate=1e-4,
                       warmup_epochs=0, weight_decay=0.0, label_smoothing=0.0, patience=30, precision="fp32",
-                      augment=AugmentConfig(flip=False, rotation_deg=0, zoom=0, shift=0, brightness=0, contrast=0,
-                                            erase_probability=0), constant_lr=True)
+                      augment=AugmentConfig.none(), constant_lr=True)
         recipe.update(overrides)
         constant = recipe.pop("constant_lr")
         config = cls(data=data, out=out, **recipe)
@@ -66,6 +69,7 @@ class TrainConfig:
         values["augment"] = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v
                                              for k, v in values.get("augment", {}).items()})
         values["widths"] = tuple(values.get("widths", (32, 64, 128, 256)))
+        values["teachers"] = tuple(values.get("teachers", ()))
         return cls(**values)
 
 
@@ -79,43 +83,100 @@ def cpu_has_bf16() -> bool:
 
 
 def _precision_policy(precision: str) -> str:
+    """auto: bf16 mixed precision on an accelerator or a CPU with native bf16; fp32 elsewhere (bf16 emulated on
+    an AVX2 CPU trains at a ninth of fp32's speed: ``python benchmarks/train_speed.py``)."""
     if precision == "auto":
-        precision = "bf16" if cpu_has_bf16() else "fp32"
+        precision = "bf16" if cpu_has_bf16() or _accelerator() else "fp32"
     return {"bf16": "mixed_bfloat16", "fp32": "float32"}[precision]
 
 
-def make_datasets(config: TrainConfig, dataset: fer_data.Dataset):
-    """tf.data pipelines: augmented, shuffled Training batches (one-hot, sample weights) and PublicTest batches."""
-    import tensorflow as tf
+def _accelerator() -> str | None:
+    """The GPU/TPU Keras will train on, if any (JAX or TensorFlow backend)."""
+    import keras
 
-    from training.augment import augment_batch
+    if keras.backend.backend() == "jax":
+        import jax
+
+        platform = jax.devices()[0].platform
+        return None if platform == "cpu" else platform
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return "gpu" if tf.config.list_physical_devices("GPU") else None
+    return None
+
+
+def training_targets(config: TrainConfig, dataset: fer_data.Dataset, run: Path) -> np.ndarray:
+    """The Training split's soft targets (N, 7): FER labels, moved towards FER+ votes and the teachers (see
+    training/targets.py). Teacher probabilities are computed once and kept in the run folder."""
+    from training import targets
+
+    mask = dataset.mask("Training")
+    votes = dataset.votes("Training") if config.ferplus_weight > 0 else None
+    teacher = None
+    if config.teachers:
+        public_images, public_labels = dataset.split("PublicTest")
+        teacher = targets.teacher_targets(list(config.teachers), dataset.images[mask], public_images, public_labels,
+                                          cache=run / "teachers.npz").training
+    return targets.mix_targets(dataset.labels[mask], votes, config.ferplus_weight, teacher, config.teacher_weight)
+
+
+def make_datasets(config: TrainConfig, dataset: fer_data.Dataset, run: Path):
+    """Augmented, shuffled Training batches of soft targets (with sample weights) and the PublicTest arrays.
+
+    NumPy and OpenCV on the host, so any Keras backend trains the same recipe (no tf.data: a lent GPU has JAX and
+    no TensorFlow).
+    """
+    import keras
+
+    from fer_batch.system import available_cores
+    from training.augment import augment_batch, mix_batch
 
     num_classes = len(fer_data.EMOTIONS)
-    train_x, train_y = dataset.split("Training")
+    train_x = dataset.images[dataset.mask("Training")]
+    train_y = training_targets(config, dataset, run)
     val_x, val_y = dataset.split("PublicTest")
+    labels = dataset.labels[dataset.mask("Training")]
     weights = np.ones(num_classes, dtype=np.float32)
     if config.class_weights:
-        counts = np.bincount(train_y, minlength=num_classes).astype(np.float32)
+        counts = np.bincount(labels, minlength=num_classes).astype(np.float32)
         weights = (counts.sum() / (num_classes * np.maximum(counts, 1))).astype(np.float32)
         log.info("class weights: %s", dict(zip(fer_data.EMOTIONS, np.round(weights, 3).tolist())))
-    weight_table = tf.constant(weights)
+    sample_weights = weights[labels]
+    steps = len(train_x) // config.batch_size
 
-    def prepare(images, labels):
-        images = tf.cast(images[..., None], tf.float32)
-        return images, tf.one_hot(labels, num_classes), tf.gather(weight_table, labels)
+    class Batches(keras.utils.PyDataset):
+        """One epoch of augmented batches; the order and augmentation of epoch e depend only on (seed, e), so a
+        resumed run sees what an uninterrupted one would have."""
 
-    train = (tf.data.Dataset.from_tensor_slices((train_x, train_y))
-             .shuffle(len(train_y), seed=config.seed, reshuffle_each_iteration=True)
-             .batch(config.batch_size, drop_remainder=True)
-             .map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-             .map(lambda x, y, w: (augment_batch(x, config.augment), y, w), num_parallel_calls=tf.data.AUTOTUNE)
-             .prefetch(tf.data.AUTOTUNE))
-    val = (tf.data.Dataset.from_tensor_slices((val_x, val_y))
-           .batch(256)
-           .map(lambda x, y: prepare(x, y)[:2], num_parallel_calls=tf.data.AUTOTUNE)
-           .prefetch(tf.data.AUTOTUNE))
-    steps = len(train_y) // config.batch_size
-    return train, val, steps
+        def __init__(self):
+            # Threads prepare batches ahead where cores are spare (OpenCV and NumPy release the GIL); on two
+            # cores the model's step needs both.
+            super().__init__(workers=1 if available_cores() <= 2 else 4, use_multiprocessing=False)
+            self.epoch = 0
+            self.order = self._order(0)
+
+        def _order(self, epoch: int) -> np.ndarray:
+            return np.random.default_rng((config.seed, epoch)).permutation(len(train_x))
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch, self.order = epoch, self._order(epoch)
+
+        def __len__(self):
+            return steps
+
+        def __getitem__(self, index):
+            rows = self.order[index * config.batch_size:(index + 1) * config.batch_size]
+            rng = np.random.default_rng((config.seed, self.epoch, index))
+            images = augment_batch(train_x[rows], config.augment, rng)
+            images, targets = mix_batch(images, train_y[rows], config.augment, rng)
+            return images[..., None], targets, sample_weights[rows]
+
+        def on_epoch_end(self):
+            self.set_epoch(self.epoch + 1)
+
+    validation = (val_x.astype(np.float32)[..., None], np.eye(num_classes, dtype=np.float32)[val_y])
+    return Batches(), validation, steps
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int):
@@ -204,21 +265,25 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     policy = _precision_policy(config.precision)
     keras.mixed_precision.set_global_policy(policy)
     started = time.time()
-    dataset = fer_data.load(config.data, config.ferplus)
+    dataset = fer_data.load(config.data, config.ferplus, config.ferplus_votes)
     log.info("loaded %s in %.1f s: %s", dataset.source, time.time() - started, dataset.counts())
-    train_data, val_data, steps = make_datasets(config, dataset)
+    train_data, val_data, steps = make_datasets(config, dataset, run)
+    train_data.set_epoch(state["epochs_done"])
 
     if resume:
         model = keras.models.load_model(run / "last.keras")
+        optimizer = model.optimizer  # its step count and momentum carry on
     else:
         from training.model import make_model
 
         model = make_model(arch=config.arch, widths=config.widths)
-        model.compile(optimizer=make_optimizer(config, steps),
-                      loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-                      metrics=["accuracy"], jit_compile=False)  # XLA is slower than oneDNN on CPU (measured)
-    log.info("model %s: %d parameters, precision %s, %d steps per epoch", model.name, model.count_params(),
-             policy, steps)
+        optimizer = make_optimizer(config, steps)
+    # On TensorFlow, XLA is slower than oneDNN on CPU (benchmarks/train_speed.py); JAX always compiles.
+    model.compile(optimizer=optimizer,
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+                  metrics=["accuracy"], jit_compile=keras.backend.backend() != "tensorflow")
+    log.info("model %s: %d parameters, backend %s on %s, precision %s, %d steps per epoch", model.name,
+             model.count_params(), keras.backend.backend(), _accelerator() or "cpu", policy, steps)
     if state["epochs_done"] < config.epochs:
         model.fit(train_data, validation_data=val_data, epochs=config.epochs, initial_epoch=state["epochs_done"],
                   callbacks=[_make_run_callback(run, config, state)], shuffle=False,
@@ -292,7 +357,14 @@ def plot_curves(log_csv: Path, png: Path) -> None:
 def describe_recipe(config: TrainConfig) -> str:
     """One line for the model card and ONNX metadata."""
     schedule = "constant" if config.warmup_epochs < 0 else f"{config.warmup_epochs}-epoch warm-up + cosine"
-    return (f"{config.arch} widths {list(config.widths)}; {config.optimizer} lr {config.learning_rate} ({schedule}), "
+    targets = "FER-2013 labels" if not config.ferplus else "FER+ majority labels"
+    if config.ferplus_weight:
+        targets += f", moved {config.ferplus_weight} towards FER+ vote distributions"
+    if config.teachers:
+        targets += (f", moved {config.teacher_weight} towards the mean of {len(config.teachers)} teacher(s) "
+                    f"({', '.join(config.teachers)})")
+    return (f"targets: {targets}; "
+            f"{config.arch} widths {list(config.widths)}; {config.optimizer} lr {config.learning_rate} ({schedule}), "
             f"weight decay {config.weight_decay}, batch {config.batch_size}, up to {config.epochs} epochs, "
             f"label smoothing {config.label_smoothing}, class weights {config.class_weights}, seed {config.seed}, "
             f"augment {asdict(config.augment)}")
