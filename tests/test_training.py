@@ -173,6 +173,42 @@ def test_pack_then_train_from_the_npz(trained_run, tmp_path):
     assert json.loads((tmp_path / "run" / "state.json").read_text())["finished"]
 
 
+JAX_WITHOUT_TENSORFLOW = """
+import sys
+
+
+class NoTensorFlow:  # a lent GPU machine has JAX and no TensorFlow: training must not need it
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "tensorflow":
+            raise ImportError("no tensorflow here")
+
+
+sys.meta_path.insert(0, NoTensorFlow())
+from training.cli import main
+
+code = main(sys.argv[1:])
+import keras
+
+assert keras.backend.backend() == "jax", keras.backend.backend()
+sys.exit(code)
+"""
+
+
+def test_trains_and_distills_on_jax_without_tensorflow(trained_run, tmp_path):
+    pytest.importorskip("jax")
+    data, teacher = trained_run
+    env = {**__import__("os").environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(REPO)}
+    run = tmp_path / "jax-student"
+    result = subprocess.run([sys.executable, "-c", JAX_WITHOUT_TENSORFLOW, "distill", "--teachers", str(teacher),
+                             "--data", str(data), "--out", str(run), "--mixup", "0.2", *TINY],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "backend jax" in result.stderr
+    assert json.loads((run / "state.json").read_text())["finished"]
+    # The .keras file from JAX exports here (TensorFlow backend) with the parity check.
+    assert fer_train(["export", str(run), "-o", str(tmp_path / "jax.onnx"), "--data", str(data)]) == 0
+
+
 def test_seed_architecture_builds():
     from training.model import count_flops, make_model
 
