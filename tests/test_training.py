@@ -153,6 +153,24 @@ def test_distill_teacher_to_student_export_and_parity(trained_run, tmp_path):
     assert json.loads((student / "state.json").read_text())["epochs_done"] == 2
 
 
+def test_ensemble_file_feeds_distill(trained_run, tmp_path, capsys):
+    """What comes back from a lent GPU: the ensemble's probabilities alone, then a student learns from them."""
+    data, teacher = trained_run
+    ensemble = tmp_path / "teachers.npz"
+    assert fer_train(["ensemble", "--teachers", str(teacher), str(teacher), "--data", str(data),
+                      "-o", str(ensemble)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[-1].endswith("ensemble") and lines[0].split()[0] == lines[1].split()[0]
+    assert fer_train(["ensemble", "--teachers", str(teacher), "--data", str(data), "-o", str(ensemble)]) == 2
+    student = tmp_path / "student"
+    assert fer_train(["distill", "--teachers", str(ensemble), "--data", str(data), "--out", str(student),
+                      *TINY]) == 0
+    np.testing.assert_array_equal(np.load(student / "teachers.npz")["training"], np.load(ensemble)["training"])
+    assert fer_train(["distill", "--teachers", str(ensemble), str(teacher), "--data", str(data),
+                      "--out", str(tmp_path / "s2"), *TINY]) == 2
+    assert "give it alone" in capsys.readouterr().err
+
+
 def test_distill_and_ferplus_errors(trained_run, tmp_path, capsys):
     data, _ = trained_run
     assert fer_train(["distill", "--out", str(tmp_path / "s"), "--data", str(data), *TINY]) == 2

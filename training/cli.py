@@ -110,7 +110,8 @@ def _add_distill(commands) -> None:
                     "teacher's and the ensemble's PublicTest accuracy; then the student trains like `train` "
                     "(same run folder, --resume). Checkpoints are chosen on PublicTest's FER labels.")
     parser.add_argument("--teachers", nargs="+", metavar="RUN",
-                        help="teacher run folders (their best.keras), .keras or .onnx files")
+                        help="teacher run folders (their best.keras), .keras or .onnx files, or one .npz written "
+                             "by `fer-train ensemble`")
     parser.add_argument("--teacher-weight", type=float, default=0.7,
                         help="0..1: how far each target moves from the label to the teachers (default 0.7)")
     _add_recipe_options(parser, defaults)
@@ -123,6 +124,34 @@ def _distill(args) -> int:
     if not args.resume and not args.teachers:
         raise ValueError("distill needs --teachers (or --resume to continue a distillation run)")
     train(_recipe(args, teachers=tuple(args.teachers or ()), teacher_weight=args.teacher_weight), resume=args.resume)
+    return 0
+
+
+def _add_ensemble(commands) -> None:
+    parser = commands.add_parser(
+        "ensemble", help="score teachers and their ensemble on PublicTest; keep their probabilities",
+        description="Runs each teacher on the Training and PublicTest faces (each face and its mirror image), "
+                    "prints each teacher's and the ensemble's PublicTest accuracy, and writes the ensemble's "
+                    "probabilities as a small .npz that `distill --teachers FILE.npz` learns from.")
+    parser.add_argument("--teachers", nargs="+", required=True, metavar="RUN",
+                        help="teacher run folders (their best.keras), .keras or .onnx files")
+    parser.add_argument("--data", default=DEFAULT_DATA, help=f"default: {DEFAULT_DATA}")
+    parser.add_argument("-o", "--output", required=True, help="the .npz file to write")
+    parser.set_defaults(run=_ensemble)
+
+
+def _ensemble(args) -> int:
+    from training.data import load
+    from training.targets import teacher_targets
+
+    dataset = load(args.data)
+    public_images, public_labels = dataset.split("PublicTest")
+    output = Path(args.output)
+    if output.exists():
+        raise FileExistsError(f"{output}: exists; remove it or pick another name")
+    result = teacher_targets(args.teachers, dataset.split("Training")[0], public_images, public_labels, cache=output)
+    for name, accuracy in result.public_test_accuracy.items():
+        print(f"{accuracy:.4f}  {name}")
     return 0
 
 
@@ -205,14 +234,45 @@ def _export(args) -> int:
     return 0
 
 
+def _add_quantize(commands) -> None:
+    from training.quantize import CALIBRATION_FACES, MAX_MEAN_DIFFERENCE, MIN_AGREEMENT
+
+    parser = commands.add_parser(
+        "quantize", help="write an INT8 copy of an exported ONNX model (onnxruntime static quantization)",
+        description="Quantizes Conv, MatMul, Gemm, MaxPool and Relu (QDQ; uint8 activations, int8 per-channel "
+                    "weights in 7 bits, which keeps AVX2 CPUs without VNNI from saturating), calibrated on Training "
+                    "faces; keeps the model's metadata, then checks it against the float model on PublicTest faces "
+                    f"(same top class on at least {MIN_AGREEMENT:.0%}, mean |difference| at most "
+                    f"{MAX_MEAN_DIFFERENCE}).")
+    parser.add_argument("model", help="the float .onnx file (from fer-train export)")
+    parser.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    parser.add_argument("--data", default=DEFAULT_DATA,
+                        help=f"FER-2013 csv[.gz] or folder: Training faces calibrate, PublicTest faces check "
+                             f"(default: {DEFAULT_DATA})")
+    parser.add_argument("--calibration-faces", type=int, default=CALIBRATION_FACES,
+                        help=f"Training faces to calibrate on, drawn at random with a fixed seed "
+                             f"(default {CALIBRATION_FACES})")
+    parser.set_defaults(run=_quantize)
+
+
+def _quantize(args) -> int:
+    from training.quantize import quantize
+
+    quantize(args.model, args.output, args.data, count=args.calibration_faces)
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = argparse.ArgumentParser(prog="fer-train", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     _add_train(commands)
     _add_distill(commands)
+    _add_ensemble(commands)
     _add_evaluate(commands)
     _add_export(commands)
+    _add_quantize(commands)
     _add_pack(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")

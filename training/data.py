@@ -112,7 +112,7 @@ def load_npz(path: str | Path) -> Dataset:
             if missing:
                 raise DataError(f"{path}: lacks {', '.join(missing)}; not a file made by fer-train pack")
             votes = stored["ferplus_votes"] if "ferplus_votes" in stored else None
-            images = np.cumsum(stored["images"], axis=2, dtype=np.uint8)  # undo pack's row deltas (mod 256)
+            images = _unpredict(stored["images"])
             dataset = Dataset(images, stored["labels"].astype(np.int64), stored["usage"].astype(str), str(path), votes)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise DataError(f"{path}: cannot read: {error}") from error
@@ -125,12 +125,11 @@ def load_npz(path: str | Path) -> Dataset:
 def pack(dataset: Dataset, out: str | Path, splits: tuple[str, ...] = SPLITS) -> Path:
     """Write the chosen splits as one compressed ``.npz`` (to carry to another machine; never into the repo).
 
-    Images are stored as differences along each row (mod 256): faces are smooth, so the file is 20 % smaller
-    (59 MB for Training + PublicTest instead of 70.5), under the 64 MiB a call to a lent GPU machine may carry.
+    Images are stored as what a pixel predictor leaves (see :func:`_predict`): 53.8 MB for Training + PublicTest
+    instead of 70.5 MB for the raw pixels, so data and Keras's wheels fit the 64 MiB a call to a lent GPU may carry.
     """
     keep = np.isin(dataset.usage, splits)
-    deltas = np.diff(dataset.images[keep], axis=2, prepend=np.uint8(0))  # uint8 arithmetic wraps: lossless
-    values = {"images": deltas, "labels": dataset.labels[keep].astype(np.uint8),
+    values = {"images": _predict(dataset.images[keep]), "labels": dataset.labels[keep].astype(np.uint8),
               "usage": dataset.usage[keep]}
     if dataset.ferplus_votes is not None:
         values["ferplus_votes"] = dataset.ferplus_votes[keep].astype(np.uint8)
@@ -305,6 +304,34 @@ def ferplus_labels(votes: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
     }
     mapped[tied | no_votes] = -1
     return mapped, reasons
+
+
+def _median_edge(west: np.ndarray, north: np.ndarray, north_west: np.ndarray) -> np.ndarray:
+    """LOCO-I's median edge detector (JPEG-LS): a pixel predicted from its west, north and north-west neighbours."""
+    high, low = np.maximum(west, north), np.minimum(west, north)
+    return np.where(north_west >= high, low, np.where(north_west <= low, high, west + north - north_west))
+
+
+def _predict(images: np.ndarray) -> np.ndarray:
+    """uint8 residuals (mod 256) of each pixel against its median-edge prediction; deflate compresses them to 72 %
+    of the raw pixels (raw: 95 %)."""
+    pixels = images.astype(np.int16)
+    west, north, north_west = (np.zeros_like(pixels) for _ in range(3))
+    west[:, :, 1:], north[:, 1:, :], north_west[:, 1:, 1:] = pixels[:, :, :-1], pixels[:, :-1, :], pixels[:, :-1, :-1]
+    return (pixels - _median_edge(west, north, north_west)).astype(np.uint8)
+
+
+def _unpredict(residuals: np.ndarray) -> np.ndarray:
+    """Invert :func:`_predict`, one pixel position at a time across all images (about a second for 32,000)."""
+    pixels = np.zeros(residuals.shape, np.int16)
+    zero = np.zeros(len(residuals), np.int16)
+    for y in range(residuals.shape[1]):
+        for x in range(residuals.shape[2]):
+            west = pixels[:, y, x - 1] if x else zero
+            north = pixels[:, y - 1, x] if y else zero
+            north_west = pixels[:, y - 1, x - 1] if x and y else zero
+            pixels[:, y, x] = (_median_edge(west, north, north_west) + residuals[:, y, x]) % 256
+    return pixels.astype(np.uint8)
 
 
 def apply_ferplus(dataset: Dataset, path: str) -> Dataset:

@@ -9,7 +9,8 @@
 
 The teacher probabilities are computed once per run and kept in the run folder (``teachers.npz``), so a resumed
 student does not run its teachers again. Teachers are ``.onnx`` files (run through onnxruntime, as users run them),
-``.keras`` files, or run folders (their ``best.keras``).
+``.keras`` files, or run folders (their ``best.keras``); or one ``.npz`` that ``fer-train ensemble`` wrote, which
+carries their probabilities alone (what comes back from a lent GPU, where teacher files are too large to return).
 """
 
 from __future__ import annotations
@@ -64,12 +65,13 @@ def mix_targets(labels: np.ndarray, ferplus_votes: np.ndarray | None = None, fer
 
 
 def resolve_teacher(path: str | Path) -> Path:
-    """A teacher file: an .onnx or .keras file, or a run folder's best.keras."""
+    """A teacher file: an .onnx or .keras file, a run folder's best.keras, or an ensemble's .npz."""
     path = Path(path).expanduser()
     if path.is_dir():
         path = path / "best.keras"
-    if not path.is_file() or path.suffix not in (".onnx", ".keras"):
-        raise FileNotFoundError(f"{path}: not a teacher (an .onnx or .keras file, or a run folder with best.keras)")
+    if not path.is_file() or path.suffix not in (".onnx", ".keras", ".npz"):
+        raise FileNotFoundError(f"{path}: not a teacher (an .onnx or .keras file, a run folder with best.keras, "
+                                f"or a .npz from fer-train ensemble)")
     return path
 
 
@@ -124,6 +126,18 @@ def teacher_targets(teachers: list[str], training_images: np.ndarray, public_ima
     """
     paths = [resolve_teacher(t) for t in teachers]
     names = [str(p) for p in paths]
+    if any(p.suffix == ".npz" for p in paths):
+        if len(paths) > 1:
+            raise ValueError("an ensemble's .npz stands for all the teachers: give it alone")
+        stored = TeacherTargets.load(paths[0])
+        if len(stored.training) != len(training_images) or len(stored.public_test) != len(public_images):
+            raise DataError(f"{paths[0]}: holds {len(stored.training)} + {len(stored.public_test)} faces, but the "
+                            f"data has {len(training_images)} Training + {len(public_images)} PublicTest")
+        log.info("teacher probabilities of %d teacher(s) from %s (ensemble PublicTest accuracy %.4f)",
+                 len(stored.teachers), paths[0], stored.public_test_accuracy["ensemble"])
+        if cache is not None and not cache.exists():
+            stored.save(cache)  # the run folder keeps what it learnt from
+        return stored
     if cache is not None and cache.exists():
         stored = TeacherTargets.load(cache)
         if stored.teachers == names and len(stored.training) == len(training_images):
