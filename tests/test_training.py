@@ -227,6 +227,42 @@ def test_trains_and_distills_on_jax_without_tensorflow(trained_run, tmp_path):
     assert fer_train(["export", str(run), "-o", str(tmp_path / "jax.onnx"), "--data", str(data)]) == 0
 
 
+def test_gpu_recipe_script_teachers_then_student(trained_run, tmp_path):
+    """training/gpu_recipe.sh as a lent GPU runs it (Keras on JAX), here on the CPU: teachers -> teachers.npz,
+    then a student whose returned files form a run folder that exports here."""
+    import os
+    import tarfile
+
+    pytest.importorskip("jax")
+    data, _ = trained_run
+    packed = tmp_path / "fer.npz"
+    assert fer_train(["pack", "--data", str(data), "-o", str(packed)]) == 0
+    env = {**os.environ, "FER_DATA": str(packed), "FER_WORK": str(tmp_path / "work"), "KERAS_BACKEND": "jax"}
+    script = str(REPO / "training" / "gpu_recipe.sh")
+    tiny = "--batch-size 16 --warmup-epochs 0 --precision fp32 --widths"
+    teachers_out = tmp_path / "out1"
+    teachers_out.mkdir()
+    result = subprocess.run([script, "teachers", "1", f"--seed 1 {tiny} 8,16,16,32", f"--seed 2 {tiny} 8,8,16,16"],
+                            env={**env, "OUT": str(teachers_out)}, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in teachers_out.iterdir()) == ["commands.txt", "ensemble.txt", "runs.tar.gz",
+                                                               "teachers.npz"]
+    assert (teachers_out / "ensemble.txt").read_text().count("\n") == 3  # two teachers and the ensemble
+    with tarfile.open(teachers_out / "runs.tar.gz") as archive:
+        names = archive.getnames()
+    assert "./teacher1/log.csv" in names and "./teacher2/config.json" in names
+    assert not any(name.endswith(".keras") for name in names)
+
+    student_out = tmp_path / "out2"
+    student_out.mkdir()
+    result = subprocess.run([script, "student", "1", "--widths", "8,16,16,32", "--batch-size", "16"],
+                            env={**env, "OUT": str(student_out), "FER_TEACHERS": str(teachers_out / "teachers.npz")},
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list(student_out.iterdir())) <= 8  # what the device tool brings back
+    assert fer_train(["export", str(student_out), "-o", str(tmp_path / "student.onnx"), "--data", str(data)]) == 0
+
+
 def test_seed_architecture_builds():
     from training.model import count_flops, make_model
 

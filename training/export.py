@@ -76,6 +76,10 @@ def training_summary(path: Path, model) -> dict:
                        public_test_accuracy=round(float(state.get("best_val_accuracy", 0)), 4),
                        train_seconds=round(float(state.get("train_seconds", 0))),
                        hardware=state.get("hardware") or describe_hardware())
+    if (run / "teachers.npz").exists():
+        from training.targets import TeacherTargets
+
+        summary["teachers_public_test_accuracy"] = TeacherTargets.load(run / "teachers.npz").public_test_accuracy
     return summary
 
 
