@@ -1,5 +1,6 @@
 """training/quantize.py and benchmarks/classifier_speed.py on a tiny float classifier built with onnx.helper:
-the int8 copy loads through EmotionClassifier, keeps the metadata and agrees with the float model on real faces."""
+the int8 copy loads through EmotionClassifier, keeps the metadata and agrees with the float model on real faces
+(scikit-image's 100 LFW faces and their mirror images)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ from training import quantize as quantize_module  # noqa: E402
 from training.cli import main as fer_train  # noqa: E402
 
 
-def tiny_classifier(path, seed: int = 0):
+def tiny_classifier(path, seed: int = 1):
     """A fer-batch model like `fer-train export`'s, small: NHWC 0..255 in, two 3x3 conv + ReLU + max-pool
-    stages, a dense layer, softmax out, with the fer-batch metadata."""
+    stages, a dense layer, softmax out, with the fer-batch metadata. Its weights are random, so unlike a trained
+    model it leaves many faces close to a class boundary; with seed 1 it picks four classes among the LFW faces."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -73,23 +75,29 @@ def float_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def fer_data(tmp_path_factory):
-    return write_fer_csv(tmp_path_factory.mktemp("data") / "fer2013.csv", fer_rows(210))
+def real_faces():
+    """200 real faces, uint8 48x48: scikit-image's LFW subset (100 faces) and their mirror images."""
+    import cv2
+    from skimage import data
+
+    faces = np.stack([cv2.resize(np.round(face * 255).astype(np.uint8), (48, 48))
+                      for face in data.lfw_subset()[:100]])
+    return np.concatenate([faces, faces[:, :, ::-1]])
+
+
+@pytest.fixture(scope="module")
+def fer_data(tmp_path_factory, real_faces):
+    """A FER-2013 CSV: half the real faces as Training, the other half as PublicTest, synthetic PrivateTest rows."""
+    rows = [(index % 7, face, ("Training", "PublicTest")[index % 2]) for index, face in enumerate(real_faces)]
+    rows += fer_rows(14, usages=("PrivateTest",))
+    return write_fer_csv(tmp_path_factory.mktemp("data") / "fer2013.csv", rows)
 
 
 @pytest.fixture(scope="module")
 def quantized(float_model, fer_data, tmp_path_factory):
     output = tmp_path_factory.mktemp("int8") / "tiny-int8.onnx"
-    recipe = quantize_module.quantize(float_model, output, fer_data, count=64)
+    recipe = quantize_module.quantize(float_model, output, fer_data)
     return output, recipe
-
-
-@pytest.fixture(scope="module")
-def real_faces():
-    """256 crops of scikit-image's astronaut, each shifted by up to 3 pixels."""
-    from training.export import parity_images
-
-    return parity_images(None, 256)
 
 
 def test_int8_model_loads_keeps_metadata_and_is_quantized(float_model, quantized):
@@ -103,14 +111,14 @@ def test_int8_model_loads_keeps_metadata_and_is_quantized(float_model, quantized
         assert written[key] == source[key]
     training = json.loads(written[META_TRAINING])
     assert training["parameters"] == 1234  # the float model's summary stays
-    assert training["int8_quantization"]["calibration"] == {"data": "fer2013.csv", "split": "Training", "faces": 64,
+    assert training["int8_quantization"]["calibration"] == {"data": "fer2013.csv", "split": "Training", "faces": 100,
                                                             "sampling": "random, seed 0", "method": "MinMax"}
     graph = onnx.load(str(output)).graph
     operators = {node.op_type for node in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= operators
     int8_weights = [i for i in graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]
     assert len(int8_weights) == 2  # both convolutions, per channel
-    assert recipe["parity"]["faces"] == 70 and recipe["parity"]["top_class_agreement"] >= 0.97
+    assert recipe["parity"]["faces"] == 100 and recipe["parity"]["top_class_agreement"] >= 0.97
 
 
 def test_int8_model_agrees_with_the_float_model_on_real_faces(float_model, quantized, real_faces):
@@ -127,7 +135,7 @@ def test_calibration_uses_training_faces_only(fer_data):
     dataset = load(fer_data)
     faces = quantize_module.calibration_faces(dataset, 1000)
     training, _ = dataset.split("Training")
-    assert len(faces) == len(training) == 70  # capped at what there is
+    assert len(faces) == len(training) == 100  # capped at what there is
     assert {face.tobytes() for face in faces} <= {face.tobytes() for face in training}
     np.testing.assert_array_equal(quantize_module.calibration_faces(dataset, 10),
                                   quantize_module.calibration_faces(dataset, 10))  # fixed seed
@@ -137,7 +145,7 @@ def test_parity_check_fails_loudly(float_model, fer_data, tmp_path, monkeypatch)
     monkeypatch.setattr(quantize_module, "MIN_AGREEMENT", 1.01)  # nothing can pass: the check must raise
     output = tmp_path / "int8.onnx"
     with pytest.raises(quantize_module.QuantizeError, match=f"{output}: the int8 model keeps"):
-        quantize_module.quantize(float_model, output, fer_data, count=16)
+        quantize_module.quantize(float_model, output, fer_data, count=10)
 
 
 def test_bad_input_files_are_named(fer_data, tmp_path, capsys):
@@ -170,10 +178,11 @@ def test_classifier_speed_measures_both_models_and_the_ratio(float_model, quanti
     assert f"{rows[0]['model']} (old)" in table and str(quantized[0]) in table
 
 
+@pytest.mark.skipif(not (REPO / ".git").exists(), reason="needs a git checkout")
 def test_classifier_speed_reads_models_out_of_git(tmp_path):
     benchmark = load_benchmark()
     path = benchmark.resolve_model("HEAD:models/emotion.onnx", tmp_path)
-    assert path.read_bytes() == (REPO / "models" / "emotion.onnx").read_bytes()
+    assert path.parent == tmp_path and EmotionClassifier(path).labels == EMOTIONS
     with pytest.raises(FileNotFoundError, match="HEAD:no/such.onnx: git cannot show it"):
         benchmark.resolve_model("HEAD:no/such.onnx", tmp_path)
     with pytest.raises(FileNotFoundError, match="missing.onnx: no such model file"):

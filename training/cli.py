@@ -247,7 +247,7 @@ def _add_quantize(commands) -> None:
     parser.add_argument("model", help="the float .onnx file (from fer-train export)")
     parser.add_argument("-o", "--output", required=True, help="the .onnx file to write")
     parser.add_argument("--data", default=DEFAULT_DATA,
-                        help=f"FER-2013 csv[.gz] or folder: Training faces calibrate, PublicTest faces check "
+                        help=f"FER-2013 data as for train: Training faces calibrate, PublicTest faces check "
                              f"(default: {DEFAULT_DATA})")
     parser.add_argument("--calibration-faces", type=int, default=CALIBRATION_FACES,
                         help=f"Training faces to calibrate on, drawn at random with a fixed seed "

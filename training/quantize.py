@@ -4,10 +4,11 @@ Training faces, then a parity check against the float model on real faces.
 The settings, measured on models/emotion.onnx on an AVX2 CPU without VNNI (benchmarks/classifier_speed.py):
 
 - activations uint8, weights int8 per output channel: onnxruntime's x86 kernels are u8 x s8; int8 activations
-  compute the same numbers and ran no faster;
-- weights in 7 bits (``reduce_range``): without VNNI the u8 x s8 kernel adds pairs of products in int16
-  (VPMADDUBSW), which saturates with 8-bit weights - the top class then matched the float model's on only 91 % of
-  PublicTest (98.9 % when the same graph runs unfused); with 7-bit weights 98.4 %;
+  (zero point -128) compute the same numbers and ran no faster (0.96x);
+- weights in 7 bits (``reduce_range``): without VNNI (AVX2, early AVX-512) the u8 x s8 kernel adds pairs of
+  products in int16 (VPMADDUBSW), which saturates with 8-bit weights - the top class then matched the float
+  model's on only 91 % of PublicTest (98.9 % when the same graph runs unfused) and accuracy fell 0.2 points; with
+  7-bit weights 98.4 %, at the same speed;
 - only Conv, MatMul, Gemm, MaxPool and Relu are quantized: the softmax, the mirror averaging and the output stay
   float, so probabilities are not rounded to steps of 1/256.
 """
