@@ -155,6 +155,45 @@ def _ensemble(args) -> int:
     return 0
 
 
+def _add_priors(commands) -> None:
+    parser = commands.add_parser(
+        "priors", help="choose class weights on PublicTest and bake them into an exported model",
+        description="Multiplies each class's probability by a weight and renormalises, inside the ONNX graph (no "
+                    "cost per face). The weights are chosen on PublicTest only: --objective fer maximises accuracy "
+                    "on FER-2013's labels; ferplus maximises accuracy on FER+'s majority labels (which call far "
+                    "more faces neutral, as real footage is) while losing at most --max-loss points on FER's.")
+    parser.add_argument("model", help="the .onnx file (probabilities output)")
+    parser.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    parser.add_argument("--data", default=DEFAULT_DATA, help=f"default: {DEFAULT_DATA}")
+    parser.add_argument("--ferplus-votes", help="fer2013new.csv (needed by --objective ferplus; adds FER+ figures)")
+    parser.add_argument("--objective", choices=("fer", "ferplus"), default="fer", help="default fer")
+    parser.add_argument("--max-loss", type=float, default=0.2,
+                        help="ferplus: most FER accuracy points to give up on PublicTest (default 0.2)")
+    parser.add_argument("--classes", default="neutral",
+                        help="comma-separated classes whose weight may change (default neutral: seven free weights "
+                             "fit PublicTest and do not carry over to unseen faces; 'all' for every class)")
+    parser.set_defaults(run=_priors)
+
+
+def _priors(args) -> int:
+    from fer_batch.labels import EMOTIONS
+    from training.priors import apply_priors
+
+    classes = EMOTIONS if args.classes == "all" else tuple(c.strip() for c in args.classes.split(","))
+    note = apply_priors(args.model, args.output, args.data, args.ferplus_votes, args.objective, args.max_loss,
+                        classes)
+    print("class weights: " + ", ".join(f"{name} {weight:g}" for name, weight in note["weights"].items()))
+    figures = note["public_test"]
+    for key, label in (("fer", "FER labels"), ("ferplus", "FER+ majority labels")):
+        if f"{key}_accuracy" not in figures["before"]:
+            continue
+        print(f"PublicTest, {label}: accuracy {figures['before'][f'{key}_accuracy']:.4f} -> "
+              f"{figures['after'][f'{key}_accuracy']:.4f}; recall " + ", ".join(
+                  f"{name} {b:.3f}->{a:.3f}" for name, b, a in zip(EMOTIONS, figures["before"][f"{key}_recall"],
+                                                                  figures["after"][f"{key}_recall"])))
+    return 0
+
+
 def _add_pack(commands) -> None:
     parser = commands.add_parser(
         "pack", help="write the data as one compressed .npz, to carry to another machine",
@@ -273,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_evaluate(commands)
     _add_export(commands)
     _add_quantize(commands)
+    _add_priors(commands)
     _add_pack(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
