@@ -288,3 +288,23 @@ def test_shipped_model_reproduces_its_model_card(tmp_path):
     assert report.count == 3589
     assert abs(report.accuracy * 100 - claimed) < 0.5
     assert report.accuracy >= 0.66
+
+
+def test_training_modules_import_in_one_direction():
+    """cli.py on top; below it each stage imports only stages beneath it (no cycles): data and augment at the
+    bottom, then targets and model, train, export, and the tools that work on exported files."""
+    import ast
+
+    layers = [{"data", "augment"}, {"targets", "model"}, {"train"}, {"export", "evaluate"},
+              {"quantize", "priors", "model_card", "calibrate_crop"}, {"cli"}]
+    level = {name: index for index, names in enumerate(layers) for name in names}
+    found = {path.stem for path in (REPO / "training").glob("*.py")} - {"__init__", "__main__"}
+    assert found == set(level), "a new training module needs a place in this test's layers"
+    for name in found:
+        tree = ast.parse((REPO / "training" / f"{name}.py").read_text())
+        imported = {node.module.split(".")[1] for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("training.")}
+        imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                     and node.module == "training" for alias in node.names}
+        for other in imported:
+            assert level[other] < level[name], f"training/{name}.py imports training/{other}.py"
