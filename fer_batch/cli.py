@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--threads", type=int, default=0, metavar="N",
                        help="onnxruntime threads per model in each worker (default 0: the usable cores divided "
                             "among the workers)")
+    label.add_argument("--stall-timeout", type=float, default=300.0, metavar="SECONDS",
+                       help="with 2 or more workers: stop a worker whose file sends no result for this long (a "
+                            "decoder stuck on a broken file), retry once, then write an error row (default 300; 0: "
+                            "never)")
     label.add_argument("--engine", choices=("local", "ray"), default="local",
                        help="local (default): this machine; ray: a Ray cluster through Ray Data (pip install "
                             "'fer-batch[ray]'; inputs must be readable at the same path on every node)")
@@ -170,13 +174,17 @@ def _label(args) -> int:
     if args.smooth < 0:
         print("fer-batch: error: --smooth must be 0 or more seconds", file=sys.stderr)
         return 2
+    if args.stall_timeout < 0:
+        print("fer-batch: error: --stall-timeout must be 0 (never) or more seconds", file=sys.stderr)
+        return 2
     if args.resume and args.force:
         print("fer-batch: error: --resume and --force contradict each other; pick one", file=sys.stderr)
         return 2
     config = LabelConfig(model=args.model, detector=args.detector, align=args.align, every=args.every,
                          min_face=args.min_face, face_threshold=args.face_threshold, detect_size=args.detect_size,
                          threads=args.threads, workers=args.workers, engine=args.engine,
-                         ray_address=args.ray_address, batch=args.batch, resume=args.resume, force=args.force,
+                         ray_address=args.ray_address, stall_timeout=args.stall_timeout, batch=args.batch,
+                         resume=args.resume, force=args.force,
                          progress=not args.quiet, smooth=args.smooth, annotate=args.annotate, summary=args.summary,
                          annotate_codec=args.annotate_codec, report=args.report)
     try:

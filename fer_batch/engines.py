@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -86,6 +87,8 @@ class _Worker:
     connection: object
     ready: bool = False
     queue: deque = field(default_factory=deque)  # _Assignment s sent to it, the first one in progress
+    progress_at: float = 0.0  # when its unit in progress last sent something (or started)
+    stalled: bool = False  # stopped by the watchdog
 
 
 class ProcessEngine:
@@ -94,13 +97,16 @@ class ProcessEngine:
     Each worker holds up to two units (one running, one waiting) so it never idles on the parent. A worker that
     dies (a segfault in a decoder, the OOM killer) is replaced; what it was doing is retried once from the first
     item it had not returned (images one at a time, to find the culprit), and an item that kills a worker twice
-    becomes an error result naming the signal. At most ``window`` units run ahead of the oldest unfinished one, so
-    the runner's reordering buffer stays small.
+    becomes an error result naming the signal. A worker whose unit sends nothing for ``stall_timeout`` seconds (a
+    decoder stuck in a loop on a broken file) is stopped and treated the same way, so a week-long batch never
+    hangs on one file. At most ``window`` units run ahead of the oldest unfinished one, so the runner's
+    reordering buffer stays small.
     """
 
     def __init__(self, workers: int, recognizer_options: dict, batch: int = 8, window: int | None = None,
-                 start_method: str = "spawn"):
+                 start_method: str = "spawn", stall_timeout: float = 0.0):
         self.count, self.options, self.batch = workers, recognizer_options, batch
+        self.stall_timeout = stall_timeout  # seconds; 0: never
         self.window = window or 4 * workers
         self.context = multiprocessing.get_context(start_method)
         self.workers: list[_Worker] = []
@@ -159,6 +165,8 @@ class ProcessEngine:
                         self._next_id = unit.id + 1
                         unfinished.append(unit.id)
                         assignment = _Assignment(unit, self.batch)
+                    if not worker.queue:
+                        worker.progress_at = time.monotonic()
                     worker.queue.append(assignment)
                     worker.connection.send((assignment.unit, assignment.batch))
             if not any(worker.queue for worker in self.workers) and not retries:
@@ -169,12 +177,31 @@ class ProcessEngine:
             for worker in self.workers:
                 waitables[worker.connection] = worker
                 waitables[worker.process.sentinel] = worker
-            for ready in wait(list(waitables)):
+            for ready in wait(list(waitables), timeout=self._until_stall()):
                 worker = waitables[ready]
                 if ready is worker.connection:
                     yield from self._message(worker, unfinished)
                 elif worker.process.exitcode is not None and worker in self.workers:
                     yield from self._crashed(worker, retries, unfinished)
+            self._stop_stalled()
+
+    def _until_stall(self) -> float | None:
+        """Seconds until the first busy worker would count as stalled (None: no watchdog)."""
+        busy = [worker.progress_at for worker in self.workers if worker.ready and worker.queue and not worker.stalled]
+        if not self.stall_timeout or not busy:
+            return None
+        return max(0.0, min(busy) + self.stall_timeout - time.monotonic())
+
+    def _stop_stalled(self) -> None:
+        """Kill workers whose unit has sent nothing for stall_timeout seconds; their sentinels then report them."""
+        if not self.stall_timeout:
+            return
+        now = time.monotonic()
+        for worker in self.workers:
+            # The clock runs from the model loading's end: a fresh worker is not stalled while it loads.
+            if worker.ready and worker.queue and not worker.stalled and now - worker.progress_at >= self.stall_timeout:
+                worker.stalled = True
+                worker.process.kill()
 
     def _message(self, worker: _Worker, unfinished: list[int]) -> Iterator[Event]:
         try:
@@ -182,6 +209,7 @@ class ProcessEngine:
         except (EOFError, OSError):
             return  # the worker died; its sentinel reports it
         kind = message[0]
+        worker.progress_at = time.monotonic()
         if kind == "ready":
             worker.ready = True
         elif kind == "fatal":
@@ -203,10 +231,13 @@ class ProcessEngine:
             yield assignment.unit.id, results, True
 
     def _crashed(self, worker: _Worker, retries: deque, unfinished: list[int]) -> Iterator[Event]:
-        reason = _exit_reason(worker.process)
+        if worker.stalled:
+            what = f"stalled (no result for {self.stall_timeout:g} s; stopped)"
+        else:
+            what = f"crashed ({_exit_reason(worker.process)})"
         worker.connection.close()
         if not worker.ready:  # it never loaded the models: a fresh one would die the same way
-            raise EngineError(f"a worker process died while loading the models ({reason})")
+            raise EngineError(f"a worker process died while loading the models ({_exit_reason(worker.process)})")
         self.workers[self.workers.index(worker)] = self._spawn()
         self.restarts += 1
         if not worker.queue:
@@ -222,8 +253,8 @@ class ProcessEngine:
             remainder.crashes = current.crashes + 1 if current.returned == 0 else 1
             retries.appendleft(remainder)
             return
-        # The same first item killed a worker twice: it becomes an error row; the rest is retried.
-        message = f"worker process crashed ({reason}) while analysing this item"
+        # The same first item killed (or stalled) a worker twice: it becomes an error row; the rest is retried.
+        message = f"worker process {what} while analysing this item"
         failed = current.failed(message)
         rest = _remainder(current, skip_first=True)
         if rest is None:

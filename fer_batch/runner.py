@@ -47,6 +47,7 @@ class LabelConfig:
     workers: int = 0  # worker processes; 0 = auto (the cores this process may use); 1 = in this process
     engine: str = "local"  # "local" (this machine) or "ray" (a Ray cluster, through Ray Data)
     ray_address: str | None = None  # a running Ray cluster (default: RAY_ADDRESS, else a local one)
+    stall_timeout: float = 300.0  # seconds a worker's unit may send nothing before the worker is stopped; 0: never
     providers: list[str] | None = None
     resume: bool = False
     force: bool = False
@@ -242,7 +243,8 @@ def _make_engine(config: LabelConfig, recognizer, summary: RunSummary):
         return InProcessEngine(recognizer, batch=config.batch, prefetch=config.prefetch)
     from fer_batch.engines import ProcessEngine
 
-    engine = ProcessEngine(workers, config.recognizer_options(threads), batch=config.batch)
+    engine = ProcessEngine(workers, config.recognizer_options(threads), batch=config.batch,
+                           stall_timeout=config.stall_timeout)
     engine.start()
     return engine
 
