@@ -144,6 +144,18 @@ def test_distill_teacher_to_student_export_and_parity(trained_run, tmp_path):
     training = json.loads({p.key: p.value for p in onnx.load(str(model)).metadata_props}["fer_batch.training"])
     assert "moved 0.6 towards the mean of 2 teacher(s)" in training["recipe"]
     assert "FER+ vote distributions" in training["recipe"]
+    # The model card says how it was made: widths, the teachers' scores, each training session's command.
+    from training.evaluate import evaluate
+    from training.model_card import render
+
+    metrics = evaluate(model, data).__dict__
+    speed = {"threads": 2, "machine": "test CPU", "onnxruntime": "1", "faces": 8, "face_source": "synthetic",
+             "batch": 8, "models": [{"model": "old", "faces_per_s": 100.0, "ratio": 1.0},
+                                    {"model": "new", "faces_per_s": 150.0, "ratio": 1.5}]}
+    card = render(model, metrics, speed=speed)
+    assert "widths 8-16-16-32" in card and "| ensemble |" in card
+    assert "- From epoch 0: `fer-train distill --teachers" in card and "Keras on tensorflow, cpu, float32" in card
+    assert "| new | 150 | 1.50 |" in card and f"PrivateTest accuracy: {metrics['accuracy'] * 100:.2f} %" in card
     # Resuming reads teachers.npz instead of running the teachers again.
     config["epochs"] = 2
     (student / "config.json").write_text(json.dumps(config))

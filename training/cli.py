@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def _add_train(commands) -> None:
 def _train(args) -> int:
     from training.train import train
 
-    train(_recipe(args), resume=args.resume)
+    train(_recipe(args), resume=args.resume, command=args.command_line)
     return 0
 
 
@@ -123,7 +124,8 @@ def _distill(args) -> int:
 
     if not args.resume and not args.teachers:
         raise ValueError("distill needs --teachers (or --resume to continue a distillation run)")
-    train(_recipe(args, teachers=tuple(args.teachers or ()), teacher_weight=args.teacher_weight), resume=args.resume)
+    train(_recipe(args, teachers=tuple(args.teachers or ()), teacher_weight=args.teacher_weight), resume=args.resume,
+          command=args.command_line)
     return 0
 
 
@@ -314,7 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     _add_quantize(commands)
     _add_priors(commands)
     _add_pack(commands)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.command_line = shlex.join(["fer-train", *argv])  # recorded in the run's state.json
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     from training.data import DataError
 

@@ -75,7 +75,8 @@ def training_summary(path: Path, model) -> dict:
                        best_epoch=state.get("best_epoch"),
                        public_test_accuracy=round(float(state.get("best_val_accuracy", 0)), 4),
                        train_seconds=round(float(state.get("train_seconds", 0))),
-                       hardware=state.get("hardware") or describe_hardware())
+                       hardware=state.get("hardware") or describe_hardware(), sessions=state.get("sessions", []),
+                       architecture={"arch": config.arch, "widths": list(config.widths)})
     if (run / "teachers.npz").exists():
         from training.targets import TeacherTargets
 

@@ -32,7 +32,7 @@ LIMITS = """\
 """
 
 
-def render(model: Path, metrics: dict, without_flip: dict | None = None) -> str:
+def render(model: Path, metrics: dict, without_flip: dict | None = None, speed: dict | None = None) -> str:
     import onnx
 
     metadata = {p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props}
@@ -44,6 +44,7 @@ def render(model: Path, metrics: dict, without_flip: dict | None = None) -> str:
         f"| {e} | {p:.3f} | {r:.3f} | {f:.3f} | {n} |"
         for e, p, r, f, n in zip(EMOTIONS, metrics["precision"], metrics["recall"], metrics["f1"], metrics["support"]))
     hours = training.get("train_seconds", 0) / 3600
+    widths = "-".join(map(str, training.get("architecture", {}).get("widths", (32, 64, 128, 256))))
     tta = "yes (each face is classified as it is and mirrored, and the two averaged)" \
         if training.get("test_time_flip_averaging") else "no"
     return f"""# Model card: `models/emotion.onnx`
@@ -69,7 +70,7 @@ mini-Xception scores 65.5 %; the best published single networks reach about 73 %
 
 ## Architecture
 
-VGG-style CNN: four stages of two 3x3 convolutions (batch norm, ReLU) of widths 32-64-128-256, each max-pooled,
+VGG-style CNN: four stages of two 3x3 convolutions (batch norm, ReLU) of widths {widths}, each max-pooled,
 then dropout, a 256-unit dense layer with batch norm, dropout, and a 7-way softmax. Pixel scaling (1/255) is
 inside the graph.
 
@@ -83,11 +84,7 @@ inside the graph.
 
 {training.get('recipe', 'unknown')}
 
-- Epochs trained: {training.get('epochs_trained')}; training time {hours:.1f} h on {training.get('hardware', '?')},
-  TensorFlow CPU, bf16 mixed precision through oneDNN (the sum of the epochs' times in the run's log.csv).
-- Command: `fer-train train --out ~/fer-runs/vgg80 --epochs 80`, then
-  `fer-train export ~/fer-runs/vgg80 -o models/emotion.onnx --tta-flip` (parity with Keras checked below 1e-4).
-
+{_how_trained(training, hours)}{_extras(training)}
 ## Results on PrivateTest
 
 | class | precision | recall | F1 | faces |
@@ -101,9 +98,61 @@ Confusion matrix (rows: true label, columns: predicted):
 {matrix}
 ```
 
-## Known limits and biases
+{_speed(speed)}## Known limits and biases
 
 {LIMITS}"""
+
+
+def _how_trained(training: dict, hours: float) -> str:
+    """Epochs, time, and each training session's machine and command (runs from before sessions were recorded
+    keep the shipped model's description)."""
+    lines = [f"- Epochs trained: {training.get('epochs_trained')}; training time {hours:.1f} h (the sum of the "
+             f"epochs' times in the run's log.csv)."]
+    sessions = training.get("sessions")
+    if not sessions:
+        return (f"- Epochs trained: {training.get('epochs_trained')}; training time {hours:.1f} h on "
+                f"{training.get('hardware', '?')},\n  TensorFlow CPU, bf16 mixed precision through oneDNN (the sum "
+                f"of the epochs' times in the run's log.csv).\n- Command: `fer-train train --out ~/fer-runs/vgg80 "
+                f"--epochs 80`, then\n  `fer-train export ~/fer-runs/vgg80 -o models/emotion.onnx --tta-flip` "
+                f"(parity with Keras checked below 1e-4).\n")
+    for session in sessions:
+        lines.append(f"- From epoch {session['from_epoch']}: `{session['command']}` — Keras on {session['backend']}, "
+                     f"{session['device']}, {session['precision']}, {session['hardware']}.")
+    lines.append("- Then `fer-train export RUN -o models/emotion.onnx` (parity with Keras checked below 1e-4).")
+    return "\n".join(lines) + "\n"
+
+
+def _extras(training: dict) -> str:
+    """Teachers, INT8 and class priors, where the model had them."""
+    parts = []
+    teachers = training.get("teachers_public_test_accuracy")
+    if teachers:
+        rows = "\n".join(f"| {name} | {accuracy * 100:.2f} % |" for name, accuracy in teachers.items())
+        parts.append(f"Teachers (their probabilities, averaged over each face and its mirror image, were the soft "
+                     f"targets; PublicTest accuracy):\n\n| teacher | PublicTest |\n| --- | --- |\n{rows}\n")
+    int8 = training.get("int8_quantization")
+    if int8:
+        parity = int8.get("parity", {})
+        parts.append(f"INT8: {int8['format']}, activations {int8['activations']}, weights {int8['weights']}, "
+                     f"calibrated on {int8['calibration']['faces']} {int8['calibration']['split']} faces; the top "
+                     f"class agrees with the float model on {parity.get('top_class_agreement', 0) * 100:.1f} % of "
+                     f"{parity.get('faces', '?')} PublicTest faces (`fer-train quantize`).\n")
+    priors = training.get("class_priors")
+    if priors:
+        weights = ", ".join(f"{name} x{weight:g}" for name, weight in priors["weights"].items() if weight != 1)
+        parts.append(f"Class priors ({priors['objective']} objective, chosen on PublicTest; `fer-train priors`): "
+                     f"{weights or 'none'}.\n")
+    return "\n" + "\n".join(parts) if parts else ""
+
+
+def _speed(speed: dict | None) -> str:
+    """Faces/s from benchmarks/classifier_speed.py --json, with the machine that measured them."""
+    if not speed:
+        return ""
+    rows = "\n".join(f"| {row['model']} | {row['faces_per_s']:.0f} | {row['ratio']:.2f} |" for row in speed["models"])
+    return (f"## Speed\n\n`python benchmarks/classifier_speed.py --threads {speed['threads']}` on {speed['machine']} "
+            f"(onnxruntime {speed['onnxruntime']}; {speed['faces']} {speed['face_source']} faces, batch "
+            f"{speed['batch']}):\n\n| model | faces/s | ratio to the previous model |\n| --- | --- | --- |\n{rows}\n\n")
 
 
 def _flip_note(without_flip: dict | None) -> str:
@@ -120,9 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("models/MODEL.md"))
     parser.add_argument("--without-flip", type=Path,
                         help="metrics.json of the same weights exported without --tta-flip")
+    parser.add_argument("--speed", type=Path, help="the JSON of benchmarks/classifier_speed.py --json")
     args = parser.parse_args(argv)
     without = json.loads(args.without_flip.read_text()) if args.without_flip else None
-    args.out.write_text(render(args.model, json.loads(args.metrics.read_text()), without))
+    speed = json.loads(args.speed.read_text()) if args.speed else None
+    args.out.write_text(render(args.model, json.loads(args.metrics.read_text()), without, speed))
     print(f"wrote {args.out}")
     return 0
 

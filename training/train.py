@@ -237,8 +237,9 @@ def _make_run_callback(run: Path, config: TrainConfig, state: dict):
     return RunFolder()
 
 
-def train(config: TrainConfig, resume: bool = False) -> Path:
-    """Train per ``config`` into ``config.out``; with ``resume``, continue from ``last.keras``. Returns the folder."""
+def train(config: TrainConfig, resume: bool = False, command: str | None = None) -> Path:
+    """Train per ``config`` into ``config.out``; with ``resume``, continue from ``last.keras``. Returns the folder.
+    ``command`` (the command line, for the record) defaults to a description of this call."""
     import keras
 
     run = Path(config.out)
@@ -264,6 +265,14 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     keras.utils.set_random_seed(config.seed + state["epochs_done"])
     policy = _precision_policy(config.precision)
     keras.mixed_precision.set_global_policy(policy)
+    from fer_batch.system import describe_hardware
+
+    # Each invocation (the first and every --resume) and where it ran: the model card's training section.
+    state.setdefault("sessions", []).append({
+        "from_epoch": state["epochs_done"],
+        "command": command or f"training.train.train(<config of {run}>, resume={resume})",
+        "backend": keras.backend.backend(), "device": _accelerator() or "cpu", "precision": policy,
+        "hardware": describe_hardware()})
     started = time.time()
     dataset = fer_data.load(config.data, config.ferplus, config.ferplus_votes)
     log.info("loaded %s in %.1f s: %s", dataset.source, time.time() - started, dataset.counts())
