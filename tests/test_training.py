@@ -249,7 +249,8 @@ def test_gpu_recipe_script_teachers_then_student(trained_run, tmp_path):
     data, _ = trained_run
     packed = tmp_path / "fer.npz"
     assert fer_train(["pack", "--data", str(data), "-o", str(packed)]) == 0
-    env = {**os.environ, "FER_DATA": str(packed), "FER_WORK": str(tmp_path / "work"), "KERAS_BACKEND": "jax"}
+    env = {**os.environ, "FER_DATA": str(packed), "FER_WORK": str(tmp_path / "work"), "KERAS_BACKEND": "jax",
+           "PYTHON": sys.executable}
     script = str(REPO / "training" / "gpu_recipe.sh")
     tiny = "--batch-size 16 --warmup-epochs 0 --precision fp32 --widths"
     teachers_out = tmp_path / "out1"

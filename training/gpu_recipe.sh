@@ -19,8 +19,9 @@ shift 2
 out=${OUT:?OUT: the folder whose files come back}
 data=${FER_DATA:-runs/device/fer-train-public.npz}
 work=${FER_WORK:-/tmp/fer-runs}
-if [ -d runs/device/wheels ] && ! python3 -c "import keras" 2>/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+python=${PYTHON:-python3}
+if [ -d runs/device/wheels ] && ! "$python" -c "import keras" 2>/dev/null; then
+    "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         runs/device/wheels/*.whl
     export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
@@ -29,7 +30,7 @@ export PYTHONPATH=$PWD:${PYTHONPATH:-} KERAS_BACKEND=${KERAS_BACKEND:-jax} PYTHO
 export XLA_PYTHON_CLIENT_PREALLOCATE=false TF_CPP_MIN_LOG_LEVEL=2
 mkdir -p "$work"
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
-  lscpu | grep -E "Model name|^CPU\(s\)"; } | tee "$out/commands.txt"
+  lscpu 2>/dev/null | grep -E "Model name|^CPU\(s\)" || true; } | tee "$out/commands.txt"
 
 case $stage in
 teachers)
@@ -39,7 +40,7 @@ teachers)
         index=$((index + 1))
         run=$work/teacher$index
         read -r -a options <<<"$recipe"
-        command=(python3 -m training train --data "$data" --out "$run" --epochs "$epochs" "${options[@]}")
+        command=("$python" -m training train --data "$data" --out "$run" --epochs "$epochs" "${options[@]}")
         [ -f "$run/state.json" ] && command+=(--resume)
         echo "${command[*]}" | tee -a "$out/commands.txt"
         "${command[@]}" >"$work/teacher$index.log" 2>&1 &
@@ -52,13 +53,13 @@ teachers)
     done_runs=(); for run in "${runs[@]}"; do [ -f "$run/best.keras" ] && done_runs+=("$run"); done
     [ ${#done_runs[@]} -ge 1 ] || exit 1
     rm -f "$out/teachers.npz"
-    python3 -m training ensemble --teachers "${done_runs[@]}" --data "$data" -o "$out/teachers.npz" \
+    "$python" -m training ensemble --teachers "${done_runs[@]}" --data "$data" -o "$out/teachers.npz" \
         | tee "$out/ensemble.txt"
     ;;
 student)
     teachers=${FER_TEACHERS:-runs/device/teachers.npz}
     run=$work/student
-    command=(python3 -m training distill --data "$data" --out "$run" --epochs "$epochs" "$@")
+    command=("$python" -m training distill --data "$data" --out "$run" --epochs "$epochs" "$@")
     if [ -f "$run/state.json" ]; then command+=(--resume); else command+=(--teachers "$teachers"); fi
     echo "${command[*]}" | tee -a "$out/commands.txt"
     "${command[@]}" 2>&1 | tee "$work/student.log" | grep -v "^Epoch " || true
