@@ -102,6 +102,33 @@ def test_export_parity_check_fails_loudly(trained_run, tmp_path, monkeypatch):
         export.export(run, tmp_path / "m.onnx", data=None)
 
 
+def test_resume_sees_the_batches_an_uninterrupted_run_would(trained_run, tmp_path, monkeypatch):
+    """Epoch e's order and augmentation depend on (seed, e) only: 3 epochs in one go, and 1 epoch + --resume to 3,
+    augment the same batches with the same random draws in their last two epochs."""
+    import training.augment as augment
+
+    data, _ = trained_run
+    draws = []
+    original = augment.augment_batch
+
+    def spy(images, config, rng):
+        draws.append(rng.bit_generator.state["state"]["state"])
+        return original(images, config, rng)
+
+    monkeypatch.setattr(augment, "augment_batch", spy)
+    options = ["--data", str(data), "--batch-size", "16", "--widths", "8,8,8,8", "--warmup-epochs", "0"]
+    assert fer_train(["train", "--out", str(tmp_path / "whole"), "--epochs", "3", *options]) == 0
+    whole, steps = list(draws), 70 // 16
+    draws.clear()
+    assert fer_train(["train", "--out", str(tmp_path / "split"), "--epochs", "1", *options]) == 0
+    config = json.loads((tmp_path / "split" / "config.json").read_text())
+    config["epochs"] = 3
+    (tmp_path / "split" / "config.json").write_text(json.dumps(config))
+    draws.clear()
+    assert fer_train(["train", "--out", str(tmp_path / "split"), "--resume", "--data", str(data)]) == 0
+    assert draws[-2 * steps:] == whole[-2 * steps:]
+
+
 def write_votes(path, labels):
     """A FER+ file for synthetic rows: 7 annotators agree with the FER label, 3 say neutral."""
     column = {0: "anger", 1: "disgust", 2: "fear", 3: "happiness", 4: "sadness", 5: "surprise", 6: "neutral"}

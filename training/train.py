@@ -133,10 +133,10 @@ def make_datasets(config: TrainConfig, dataset: fer_data.Dataset, run: Path):
     from training.augment import augment_batch, mix_batch
 
     num_classes = len(fer_data.EMOTIONS)
-    train_x = dataset.images[dataset.mask("Training")]
+    training = dataset.mask("Training")
+    train_x, labels = dataset.images[training], dataset.labels[training]
     train_y = training_targets(config, dataset, run)
     val_x, val_y = dataset.split("PublicTest")
-    labels = dataset.labels[dataset.mask("Training")]
     weights = np.ones(num_classes, dtype=np.float32)
     if config.class_weights:
         counts = np.bincount(labels, minlength=num_classes).astype(np.float32)
