@@ -102,7 +102,7 @@ def _train(args) -> int:
 def _add_distill(commands) -> None:
     from training.train import TrainConfig
 
-    defaults = TrainConfig(data="", out="")
+    defaults = TrainConfig(data="", out="", label_smoothing=0.0)  # the teachers' targets are soft already
     parser = commands.add_parser(
         "distill", help="train a student on a teacher ensemble's probabilities",
         description="Knowledge distillation: each Training face's target moves from its label towards the mean of "
@@ -116,7 +116,7 @@ def _add_distill(commands) -> None:
     parser.add_argument("--teacher-weight", type=float, default=0.7,
                         help="0..1: how far each target moves from the label to the teachers (default 0.7)")
     _add_recipe_options(parser, defaults)
-    parser.set_defaults(run=_distill, label_smoothing=0.0)
+    parser.set_defaults(run=_distill, label_smoothing=defaults.label_smoothing)
 
 
 def _distill(args) -> int:
