@@ -64,7 +64,7 @@ def test_teacher_targets_from_onnx_with_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(targets, "predict_with_flip", lambda *a, **k: pytest.fail("teachers ran again"))
     again = targets.teacher_targets([str(model), str(model)], training, public, labels, cache=cache)
     np.testing.assert_array_equal(again.training, first.training)
-    with pytest.raises(DataError, match="made by other teachers"):
+    with pytest.raises(DataError, match="made from other teachers"):
         targets.teacher_targets([str(model)], training, public, labels, cache=cache)
     with pytest.raises(FileNotFoundError, match="not a teacher"):
         targets.resolve_teacher(tmp_path / "missing.onnx")

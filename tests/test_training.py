@@ -205,6 +205,14 @@ def test_ensemble_file_feeds_distill(trained_run, tmp_path, capsys):
     assert fer_train(["distill", "--teachers", str(ensemble), "--data", str(data), "--out", str(student),
                       *TINY]) == 0
     np.testing.assert_array_equal(np.load(student / "teachers.npz")["training"], np.load(ensemble)["training"])
+    # The run keeps its own copy: it resumes after the .npz it was given is gone (it stayed on another machine).
+    (ensemble_copy := tmp_path / "kept.npz").write_bytes(ensemble.read_bytes())
+    ensemble.unlink()
+    config = json.loads((student / "config.json").read_text())
+    config["epochs"] = 2
+    (student / "config.json").write_text(json.dumps(config))
+    assert fer_train(["distill", "--out", str(student), "--resume", "--data", str(data)]) == 0
+    ensemble_copy.replace(ensemble)
     assert fer_train(["distill", "--teachers", str(ensemble), str(teacher), "--data", str(data),
                       "--out", str(tmp_path / "s2"), *TINY]) == 2
     assert "give it alone" in capsys.readouterr().err

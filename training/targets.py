@@ -64,11 +64,14 @@ def mix_targets(labels: np.ndarray, ferplus_votes: np.ndarray | None = None, fer
     return targets
 
 
+def _teacher_path(path: str | Path) -> Path:
+    path = Path(path).expanduser()
+    return path / "best.keras" if path.is_dir() else path
+
+
 def resolve_teacher(path: str | Path) -> Path:
     """A teacher file: an .onnx or .keras file, a run folder's best.keras, or an ensemble's .npz."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        path = path / "best.keras"
+    path = _teacher_path(path)
     if not path.is_file() or path.suffix not in (".onnx", ".keras", ".npz"):
         raise FileNotFoundError(f"{path}: not a teacher (an .onnx or .keras file, a run folder with best.keras, "
                                 f"or a .npz from fer-train ensemble)")
@@ -102,30 +105,42 @@ class TeacherTargets:
     training: np.ndarray  # (N_training, 7)
     public_test: np.ndarray  # (N_public, 7)
     public_test_accuracy: dict[str, float]  # per teacher, and "ensemble"
+    sources: list[str] | None = None  # what the run was given: the teachers, or the .npz that held them
 
     def save(self, path: Path) -> None:
         temporary = path.with_name(path.name + ".tmp.npz")
         np.savez_compressed(temporary, training=self.training, public_test=self.public_test,
-                            teachers=np.array(self.teachers),
+                            teachers=np.array(self.teachers), sources=np.array(self.sources or self.teachers),
                             public_test_accuracy=np.array(json.dumps(self.public_test_accuracy)))
         temporary.replace(path)
 
     @classmethod
     def load(cls, path: Path) -> TeacherTargets:
         with np.load(path) as stored:
-            return cls([str(t) for t in stored["teachers"]], stored["training"], stored["public_test"],
-                       json.loads(str(stored["public_test_accuracy"])))
+            teachers = [str(t) for t in stored["teachers"]]
+            sources = [str(t) for t in stored["sources"]] if "sources" in stored else teachers
+            return cls(teachers, stored["training"], stored["public_test"],
+                       json.loads(str(stored["public_test_accuracy"])), sources)
 
 
 def teacher_targets(teachers: list[str], training_images: np.ndarray, public_images: np.ndarray,
                     public_labels: np.ndarray, cache: Path | None = None) -> TeacherTargets:
-    """Average the teachers' (mirror-averaged) probabilities; reuse ``cache`` when it was made by the same teachers.
+    """Average the teachers' (mirror-averaged) probabilities; reuse ``cache`` when it was made from the same
+    teachers (or the same .npz), even if they are gone since.
 
     Logs each teacher's and the ensemble's PublicTest accuracy: the student can only be as good as what it learns
     from, so this is the first figure to look at.
     """
+    names = [str(_teacher_path(t)) for t in teachers]
+    if cache is not None and cache.exists():  # the run's own copy: a resume needs neither teachers nor their .npz
+        stored = TeacherTargets.load(cache)
+        if stored.sources == names and len(stored.training) == len(training_images):
+            log.info("teacher probabilities from %s (ensemble PublicTest accuracy %.4f)", cache,
+                     stored.public_test_accuracy["ensemble"])
+            return stored
+        raise DataError(f"{cache}: made from other teachers or data ({', '.join(stored.sources)}); remove it to "
+                        f"recompute")
     paths = [resolve_teacher(t) for t in teachers]
-    names = [str(p) for p in paths]
     if any(p.suffix == ".npz" for p in paths):
         if len(paths) > 1:
             raise ValueError("an ensemble's .npz stands for all the teachers: give it alone")
@@ -135,16 +150,10 @@ def teacher_targets(teachers: list[str], training_images: np.ndarray, public_ima
                             f"data has {len(training_images)} Training + {len(public_images)} PublicTest")
         log.info("teacher probabilities of %d teacher(s) from %s (ensemble PublicTest accuracy %.4f)",
                  len(stored.teachers), paths[0], stored.public_test_accuracy["ensemble"])
-        if cache is not None and not cache.exists():
+        stored.sources = names
+        if cache is not None:
             stored.save(cache)  # the run folder keeps what it learnt from
         return stored
-    if cache is not None and cache.exists():
-        stored = TeacherTargets.load(cache)
-        if stored.teachers == names and len(stored.training) == len(training_images):
-            log.info("teacher probabilities from %s (ensemble PublicTest accuracy %.4f)", cache,
-                     stored.public_test_accuracy["ensemble"])
-            return stored
-        raise DataError(f"{cache}: made by other teachers or data ({stored.teachers}); remove it to recompute")
     training, public, accuracy = [], [], {}
     for path in paths:
         log.info("teacher %s: predicting %d + %d faces (and their mirror images)", path, len(training_images),
@@ -153,7 +162,7 @@ def teacher_targets(teachers: list[str], training_images: np.ndarray, public_ima
         public.append(predict_with_flip(path, public_images))
         accuracy[str(path)] = float((public[-1].argmax(1) == public_labels).mean())
         log.info("teacher %s: PublicTest accuracy %.4f", path, accuracy[str(path)])
-    result = TeacherTargets(names, np.mean(training, axis=0), np.mean(public, axis=0), accuracy)
+    result = TeacherTargets(names, np.mean(training, axis=0), np.mean(public, axis=0), accuracy, names)
     accuracy["ensemble"] = float((result.public_test.argmax(1) == public_labels).mean())
     log.info("ensemble of %d teacher(s): PublicTest accuracy %.4f", len(paths), accuracy["ensemble"])
     if cache is not None:
