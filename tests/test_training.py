@@ -290,9 +290,14 @@ def test_gpu_recipe_script_teachers_then_student(trained_run, tmp_path):
     tiny = "--batch-size 16 --warmup-epochs 0 --precision fp32 --widths"
     teachers_out = tmp_path / "out1"
     teachers_out.mkdir()
-    result = subprocess.run([script, "teachers", "1", f"--seed 1 {tiny} 8,16,16,32", f"--seed 2 {tiny} 8,8,16,16"],
-                            env={**env, "OUT": str(teachers_out)}, capture_output=True, text=True, timeout=900)
+    # 5,000 epochs cannot finish: the budget stops both teachers, and the ensemble still comes from their best epochs.
+    endless = "--patience 1000 " + tiny
+    result = subprocess.run([script, "teachers", "5000", f"--seed 1 {endless} 8,16,16,32",
+                             f"--seed 2 {endless} 8,8,16,16"],
+                            env={**env, "OUT": str(teachers_out), "FER_BUDGET_S": "75"}, capture_output=True,
+                            text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "budget of 75 s spent" in result.stderr and "2 teacher run(s) failed or were stopped" in result.stderr
     assert sorted(p.name for p in teachers_out.iterdir()) == ["commands.txt", "ensemble.txt", "runs.tar.gz",
                                                                "teachers.npz"]
     assert (teachers_out / "ensemble.txt").read_text().count("\n") == 3  # two teachers and the ensemble

@@ -10,6 +10,8 @@
 #                                                      state.json, log.csv, teachers.npz) to export here
 #
 # A RECIPE is one quoted string of `fer-train train` options, e.g. "--seed 11 --widths 48,96,192,384".
+# FER_BUDGET_S=N stops the training after N seconds (each run keeps its best epoch so far), so that the ensemble or
+# the copy back still happens inside the call's 10 minutes.
 # Each run's log.csv and config.json come back in $OUT/runs.tar.gz; the commands it ran in $OUT/commands.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +22,7 @@ out=${OUT:?OUT: the folder whose files come back}
 data=${FER_DATA:-runs/device/fer-train-public.npz}
 work=${FER_WORK:-/tmp/fer-runs}
 python=${PYTHON:-python3}
+budget=${FER_BUDGET_S:-0}
 if [ -d runs/device/wheels ] && ! "$python" -c "import keras" 2>/dev/null; then
     "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         runs/device/wheels/*.whl
@@ -31,6 +34,19 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false TF_CPP_MIN_LOG_LEVEL=2
 mkdir -p "$work"
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
   lscpu 2>/dev/null | grep -E "Model name|^CPU\(s\)" || true; } | tee "$out/commands.txt"
+
+# Wait for the training processes given, stopping them when the budget runs out; sets `failed` to how many failed
+# (not a $(...) substitution: a subshell cannot wait for this shell's children).
+wait_within_budget() {
+    local watchdog="" pid
+    failed=0
+    if [ "$budget" -gt 0 ]; then
+        (sleep "$budget"; echo "budget of $budget s spent: stopping the training" >&2; kill "$@" 2>/dev/null) &
+        watchdog=$!
+    fi
+    for pid in "$@"; do wait "$pid" || failed=$((failed + 1)); done
+    [ -z "$watchdog" ] || kill "$watchdog" 2>/dev/null || true
+}
 
 case $stage in
 teachers)
@@ -46,10 +62,9 @@ teachers)
         "${command[@]}" >"$work/teacher$index.log" 2>&1 &
         pids+=($!); runs+=("$run")
     done
-    failed=0
-    for pid in "${pids[@]}"; do wait "$pid" || failed=$((failed + 1)); done
+    wait_within_budget "${pids[@]}"
     tail -n 3 "$work"/teacher*.log
-    [ "$failed" -eq 0 ] || echo "$failed teacher run(s) failed; the ensemble uses those that wrote best.keras" >&2
+    [ "$failed" -eq 0 ] || echo "$failed teacher run(s) failed or were stopped; the ensemble uses their best.keras" >&2
     done_runs=(); for run in "${runs[@]}"; do [ -f "$run/best.keras" ] && done_runs+=("$run"); done
     [ ${#done_runs[@]} -ge 1 ] || exit 1
     rm -f "$out/teachers.npz"
@@ -62,7 +77,10 @@ student)
     command=("$python" -m training distill --data "$data" --out "$run" --epochs "$epochs" "$@")
     if [ -f "$run/state.json" ]; then command+=(--resume); else command+=(--teachers "$teachers"); fi
     echo "${command[*]}" | tee -a "$out/commands.txt"
-    "${command[@]}" 2>&1 | tee "$work/student.log" | grep -v "^Epoch " || true
+    "${command[@]}" >"$work/student.log" 2>&1 &
+    wait_within_budget $!
+    grep -v "^Epoch " "$work/student.log" | tail -n 20
+    [ "$failed" -eq 0 ] || echo "the student run failed or was stopped; its best epoch so far comes back" >&2
     [ -f "$run/best.keras" ] || exit 1
     cp "$run"/{best.keras,config.json,state.json,log.csv,teachers.npz} "$out/"
     ;;

@@ -224,7 +224,8 @@ def _make_run_callback(run: Path, config: TrainConfig, state: dict):
             state["train_seconds"] = state.get("train_seconds", 0.0) + row["seconds"]
             if val_accuracy > state.get("best_val_accuracy", -1.0):
                 state.update(best_val_accuracy=val_accuracy, best_epoch=epoch + 1)
-                self.model.save(run / "best.keras")
+                self.model.save(run / "best.keras.tmp.keras")  # replaced whole: a kill never leaves half a file
+                (run / "best.keras.tmp.keras").replace(run / "best.keras")
             # last.keras is written after best.keras and before state.json: a crash leaves a consistent pair.
             self.model.save(run / "last.keras.tmp.keras")
             (run / "last.keras.tmp.keras").replace(run / "last.keras")
