@@ -55,6 +55,27 @@ def make_clip(path: Path, frames: int = 275, size=(640, 360), fps: float = 25.0)
     return path
 
 
+def make_crowd_clip(path: Path, frames: int = 275, size=(640, 360), fps: float = 25.0) -> Path:
+    """Six heads in a 3x2 grid (alternately mirrored), each drifting and scaling a little, in every frame: the
+    multi-face case, where the emotion classifier's share of the work is largest."""
+    head = _astronaut()[10:330, 110:350]
+    rng = np.random.default_rng(2)
+    background = cv2.GaussianBlur(rng.integers(30, 90, (size[1], size[0], 3), np.uint8), (31, 31), 0)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    cell_w, cell_h = size[0] // 3, size[1] // 2
+    for index in range(frames):
+        frame = background.copy()
+        for person in range(6):
+            scale = 0.42 + 0.06 * np.sin(index / 20 + person)
+            face = cv2.resize(head[:, ::-1] if person % 2 else head, None, fx=scale, fy=scale)
+            x = (person % 3) * cell_w + int((cell_w - face.shape[1]) / 2 + 12 * np.sin(index / 15 + person))
+            y = (person // 3) * cell_h + max(0, (cell_h - face.shape[0]) // 2)
+            _paste(frame, face, max(0, x), y)
+        writer.write(frame)
+    writer.release()
+    return path
+
+
 def make_folder(path: Path, count: int = 100) -> Path:
     astronaut = _astronaut()
     rng = np.random.default_rng(1)

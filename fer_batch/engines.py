@@ -26,14 +26,15 @@ class EngineError(Exception):
 
 
 class InProcessEngine:
-    """Analyse units one after another in this process, decoding in a background thread."""
+    """Analyse units one after another in this process, decoding in a background thread and running ``lanes``
+    model batches at once in threads (see :func:`fer_batch.work.analyse`)."""
 
-    def __init__(self, recognizer, batch: int = 8, prefetch: int = 16):
-        self.recognizer, self.batch, self.prefetch = recognizer, batch, prefetch
+    def __init__(self, recognizer, batch: int = 8, prefetch: int = 16, lanes: int = 1):
+        self.recognizer, self.batch, self.prefetch, self.lanes = recognizer, batch, prefetch, lanes
 
     def run(self, units: Iterable[WorkUnit]) -> Iterator[Event]:
         for unit in units:
-            for results in analyse(unit, self.recognizer, self.batch, self.prefetch):
+            for results in analyse(unit, self.recognizer, self.batch, self.prefetch, lanes=self.lanes):
                 yield unit.id, results, False
             yield unit.id, [], True
 

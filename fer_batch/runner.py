@@ -82,7 +82,8 @@ class RunSummary:
     report: Path | None = None
     engine: str = "local"
     workers: int = 1
-    threads: int = 0  # onnxruntime threads per worker
+    threads: int = 0  # onnxruntime threads per model call
+    lanes: int = 1  # model batches each worker runs at once (threads sharing its sessions)
     restarts: int = 0  # workers replaced after a crash
     units_per_node: dict[str, int] = field(default_factory=dict)  # Ray: where the work ran
 
@@ -233,14 +234,17 @@ def _make_engine(config: LabelConfig, recognizer, summary: RunSummary):
         summary.workers, summary.threads = engine.workers, engine.threads
         return engine
     workers = 1 if recognizer is not None else (config.workers or auto_workers(cores))
-    threads = config.threads or max(1, cores // workers)
-    summary.workers, summary.threads = workers, threads
+    lanes = 1
+    if workers == 1 and recognizer is None and not config.threads:
+        lanes = in_process_lanes(cores)
+    threads = config.threads or max(1, cores // (workers * lanes))
+    summary.workers, summary.threads, summary.lanes = workers, threads, lanes
     if workers == 1:
         from fer_batch.engines import InProcessEngine
         from fer_batch.recognizer import EmotionRecognizer
 
         recognizer = recognizer or EmotionRecognizer(**config.recognizer_options(threads))
-        return InProcessEngine(recognizer, batch=config.batch, prefetch=config.prefetch)
+        return InProcessEngine(recognizer, batch=config.batch, prefetch=config.prefetch, lanes=lanes)
     from fer_batch.engines import ProcessEngine
 
     engine = ProcessEngine(workers, config.recognizer_options(threads), batch=config.batch,
@@ -256,6 +260,17 @@ def auto_workers(cores: int) -> int:
     326 MB against 747 MB): two single-thread processes there reach only 1.7x one, as one process does with two
     threads."""
     return cores if cores > 2 else 1
+
+
+MAX_LANES = 4
+
+
+def in_process_lanes(cores: int) -> int:
+    """Model batches one process runs at once, each with its own onnxruntime thread(s): one per core, up to
+    MAX_LANES (each lane's Python pre/post-processing holds the GIL for ~7 % of its time, so many lanes in one
+    process would queue on it; more cores are better used by worker processes). ``--threads N`` asks for one lane
+    of N threads."""
+    return max(1, min(cores, MAX_LANES))
 
 
 # Frames per video unit when workers share a video: enough for full model batches and cheap seeks, few enough
@@ -403,7 +418,7 @@ def _write_run_info(output, inputs: list[str], config: LabelConfig, summary: Run
         "elapsed_s": round(summary.elapsed, 3), "items": summary.items, "faces": summary.faces,
         "no_face": summary.no_face, "errors": summary.errors, "skipped": summary.skipped,
         "problems": summary.problems[:1000], "annotate": config.annotate, "engine": summary.engine,
-        "workers": summary.workers, "threads": summary.threads, "restarts": summary.restarts,
+        "workers": summary.workers, "threads": summary.threads, "lanes": summary.lanes, "restarts": summary.restarts,
         "units_per_node": summary.units_per_node,
     }
     temporary = path.with_name(path.name + ".tmp")

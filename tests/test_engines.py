@@ -213,3 +213,51 @@ def test_ctrl_c_stops_every_worker_within_a_second(media, tmp_path):
     assert not [pid for pid in workers if Path(f"/proc/{pid}").exists() and
                 (Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] != "Z")]
     assert out.read_bytes().endswith(b"\n")
+
+
+def test_lanes_return_the_same_results_in_the_same_order(media):
+    """Model batches run in parallel threads (lanes) come back exactly as one lane gives them."""
+    from fer_batch.recognizer import EmotionRecognizer
+    from fer_batch.work import WorkUnit, analyse
+
+    recognizer = EmotionRecognizer(threads=1)
+    sources, _ = discover([str(media)])
+    talk = next(s for s in sources if s.name.endswith("talk.mp4"))
+    photos = tuple(s for s in sources if s.kind == "image")
+    for unit in (WorkUnit(0, (talk,)), WorkUnit(1, photos)):
+        one = [r for batch in analyse(unit, recognizer, batch=4) for r in batch]
+        timings: dict = {}
+        three = [r for batch in analyse(unit, recognizer, batch=4, prefetch=8, lanes=3, timings=timings)
+                 for r in batch]
+        assert [(r.source, r.frame) for r in three] == [(r.source, r.frame) for r in one]
+        assert len(one) == (96 if unit.is_video else 12) and sum(r.faces for r in one) > 0
+        for a, b in zip(one, three):
+            np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
+            np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-5)
+        assert timings["detect_onnx"] > 0 and timings["classify_onnx"] > 0  # summed over the lanes
+
+
+def test_one_process_runs_a_lane_per_core_and_threads_asks_for_one(media, tmp_path):
+    from fer_batch.runner import MAX_LANES
+    from fer_batch.system import available_cores
+
+    photo = str(media / "photo_00.jpg")
+    run_cli("label", photo, "-o", str(tmp_path / "a.csv"), "--workers", "1", "--quiet", check=True)
+    info = json.loads((tmp_path / "a.run.json").read_text())
+    lanes = min(available_cores(), MAX_LANES)
+    assert (info["workers"], info["lanes"], info["threads"]) == (1, lanes, max(1, available_cores() // lanes))
+    run_cli("label", photo, "-o", str(tmp_path / "b.csv"), "--workers", "1", "--threads", "2", "--quiet", check=True)
+    info = json.loads((tmp_path / "b.run.json").read_text())
+    assert (info["workers"], info["lanes"], info["threads"]) == (1, 1, 2)
+
+
+def test_ctrl_c_stops_a_one_process_run_with_lanes(media, tmp_path):
+    out = tmp_path / "interrupted.csv"
+    process = start_label(str(media), "-o", str(out), "--workers", "1")
+    wait_for_rows(out, 5, process)
+    started = time.monotonic()
+    os.killpg(process.pid, signal.SIGINT)
+    assert process.wait(timeout=10) == 130
+    assert time.monotonic() - started < 1.5
+    assert "--resume" in process.stderr.read()
+    assert out.read_bytes().endswith(b"\n")
