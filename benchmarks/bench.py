@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from fer_batch import EmotionRecognizer, LabelConfig, label_files
+    from fer_batch.classify import EmotionClassifier
     from fer_batch.video import VideoReader
 
     work = Path(tempfile.mkdtemp(prefix="fer-batch-bench-"))
@@ -122,8 +123,13 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict = {"machine": describe_hardware(), "python": platform.python_version()}
 
+    from fer_batch.runner import in_process_lanes
+    from fer_batch.system import available_cores
+
+    # As `fer-batch label` runs in one process by default: a lane of model batches per core, one thread each.
+    lanes = in_process_lanes(available_cores())
     started = time.perf_counter()
-    recognizer = EmotionRecognizer(detector=args.detector)
+    recognizer = EmotionRecognizer(detector=args.detector, threads=max(1, available_cores() // lanes))
     results["startup_s"] = round(time.perf_counter() - started, 2)
 
     def decode_all() -> int:
@@ -135,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                         "decode_only_fps": round(frames / best_of(args.repeat, decode_all), 1)}
 
     out = work / "video.csv"
-    config = LabelConfig(detector=args.detector, force=True, progress=False)
+    config = LabelConfig(detector=args.detector, force=True, progress=False, lanes=lanes)
     summaries = []
 
     def label_video() -> None:
@@ -156,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                          "images_per_s": round(len(images) / seconds, 1)}
 
     crops = np.random.default_rng(2).integers(0, 255, (1024, 48, 48), np.uint8)
-    seconds = best_of(args.repeat, lambda: recognizer.classifier.predict(crops))
+    classifier = EmotionClassifier(threads=available_cores())  # one call on every core
+    seconds = best_of(args.repeat, lambda: classifier.predict(crops))
     results["classifier_faces_per_s"] = round(len(crops) / seconds)
 
     print(json.dumps(results, indent=2))

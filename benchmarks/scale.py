@@ -15,7 +15,8 @@ Prints JSON with:
 - ``separate``: N independent processes at --threads 1, each labelling the clip: the machine's throughput ceiling
   that one command with N workers is compared with;
 - ``baseline``: with --baseline REV, the same clip through that commit's code (a git worktree), interleaved with
-  the current default run, and the speed-up ratio, on the clip and on a crowd clip (six faces in every frame).
+  the current default run and with ``--int8``, and the speed-up ratios, on the clip and on a crowd clip (six
+  faces in every frame).
 The clip is benchmarks/bench.py's: 640x360, 25 fps, 275 frames, two people, ~40 % empty frames; the crowd clip is
 its ``make_crowd_clip``: the same size and length, six heads in a 3x2 grid in every frame.
 """
@@ -103,12 +104,12 @@ def worker_profile(clip: Path) -> dict:
 
     recognizer = EmotionRecognizer(threads=1)
     unit = WorkUnit(0, (Source(clip, str(clip), "video"),))
-    list(analyse(unit, recognizer, 8))  # warm-up
+    list(analyse(unit, recognizer, LabelConfig.batch))  # warm-up
     timings: dict[str, float] = {}
     started = time.perf_counter()
     batches = []
     pickling = 0.0
-    for results in analyse(unit, recognizer, 8, timings=timings):
+    for results in analyse(unit, recognizer, LabelConfig.batch, timings=timings):
         tick = time.perf_counter()
         pickle.loads(pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL))  # what the pipe to the parent costs
         pickling += time.perf_counter() - tick
@@ -205,13 +206,17 @@ def main(argv: list[str] | None = None) -> int:
         try:
             results["baseline"] = {"rev": args.baseline}
             for name, video in (("clip", clip), ("crowd", crowd)):
-                old_times, new_times = [], []
-                for _ in range(args.pairs):  # interleaved, so drifting load hits both alike
+                old_times, new_times, int8_times = [], [], []
+                for _ in range(args.pairs):  # interleaved, so drifting load hits all alike
                     old_times.append(run_command(*label_command([str(video)], work / "old.csv", python_path=old))[0])
                     new_times.append(run_command(*label_command([str(video)], work / "new.csv"))[0])
+                    int8_times.append(run_command(*label_command([str(video)], work / "int8.csv", "--int8"))[0])
+                old_median = statistics.median(old_times)
                 results["baseline"][name] = {
                     "old_s": [round(t, 2) for t in old_times], "new_s": [round(t, 2) for t in new_times],
-                    "median_speedup": round(statistics.median(old_times) / statistics.median(new_times), 2)}
+                    "int8_s": [round(t, 2) for t in int8_times],
+                    "median_speedup": round(old_median / statistics.median(new_times), 2),
+                    "median_speedup_int8": round(old_median / statistics.median(int8_times), 2)}
                 print("baseline", name, results["baseline"][name], file=sys.stderr)
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old)], capture_output=True)

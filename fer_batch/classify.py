@@ -27,12 +27,14 @@ META_OUTPUT = "fer_batch.output"
 META_TRAINING = "fer_batch.training"
 
 
-def default_model_path() -> Path:
-    """The model installed with the package (``fer_batch/models/emotion.onnx``, a copy of ``models/emotion.onnx``)."""
-    packaged = Path(str(resources.files("fer_batch") / "models" / "emotion.onnx"))
+def default_model_path(int8: bool = False) -> Path:
+    """The model installed with the package (``fer_batch/models/emotion.onnx``, a copy of ``models/emotion.onnx``),
+    or with ``int8`` its INT8 copy (``emotion-int8.onnx``, made from it by ``fer-train quantize``)."""
+    name = "emotion-int8.onnx" if int8 else "emotion.onnx"
+    packaged = Path(str(resources.files("fer_batch") / "models" / name))
     if packaged.exists():
         return packaged
-    repository = Path(__file__).resolve().parent.parent / "models" / "emotion.onnx"
+    repository = Path(__file__).resolve().parent.parent / "models" / name
     return repository if repository.exists() else packaged
 
 

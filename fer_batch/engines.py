@@ -29,7 +29,7 @@ class InProcessEngine:
     """Analyse units one after another in this process, decoding in a background thread and running ``lanes``
     model batches at once in threads (see :func:`fer_batch.work.analyse`)."""
 
-    def __init__(self, recognizer, batch: int = 8, prefetch: int = 16, lanes: int = 1):
+    def __init__(self, recognizer, batch: int = 4, prefetch: int = 16, lanes: int = 1):
         self.recognizer, self.batch, self.prefetch, self.lanes = recognizer, batch, prefetch, lanes
 
     def run(self, units: Iterable[WorkUnit]) -> Iterator[Event]:
@@ -104,7 +104,7 @@ class ProcessEngine:
     reordering buffer stays small.
     """
 
-    def __init__(self, workers: int, recognizer_options: dict, batch: int = 8, window: int | None = None,
+    def __init__(self, workers: int, recognizer_options: dict, batch: int = 4, window: int | None = None,
                  start_method: str = "spawn", stall_timeout: float = 0.0):
         self.count, self.options, self.batch = workers, recognizer_options, batch
         self.stall_timeout = stall_timeout  # seconds; 0: never

@@ -45,6 +45,7 @@ class LabelConfig:
     detect_size: int = 640  # the detector sees images shrunk to this long side
     threads: int = 0  # onnxruntime threads per model and worker; 0 = the cores divided among the workers
     workers: int = 0  # worker processes; 0 = auto (the cores this process may use); 1 = in this process
+    lanes: int = 0  # model batches one process runs at once; 0 = auto (in_process_lanes, or 1 with threads given)
     engine: str = "local"  # "local" (this machine) or "ray" (a Ray cluster, through Ray Data)
     ray_address: str | None = None  # a running Ray cluster (default: RAY_ADDRESS, else a local one)
     stall_timeout: float = 300.0  # seconds a worker's unit may send nothing before the worker is stopped; 0: never
@@ -52,7 +53,7 @@ class LabelConfig:
     resume: bool = False
     force: bool = False
     progress: bool = True
-    batch: int = 8  # items per detector/classifier call
+    batch: int = 4  # items per detector/classifier call (4 measured 2-4 % faster than 8 on 2 cores)
     prefetch: int = 16  # decoded items waiting for the models
     smooth: float = 0.0  # seconds of exponential smoothing along each track (0: raw probabilities)
     track_gap: float = 1.0  # seconds a track survives without a detection
@@ -235,8 +236,8 @@ def _make_engine(config: LabelConfig, recognizer, summary: RunSummary):
         return engine
     workers = 1 if recognizer is not None else (config.workers or auto_workers(cores))
     lanes = 1
-    if workers == 1 and recognizer is None and not config.threads:
-        lanes = in_process_lanes(cores)
+    if workers == 1:
+        lanes = config.lanes or (in_process_lanes(cores) if recognizer is None and not config.threads else 1)
     threads = config.threads or max(1, cores // (workers * lanes))
     summary.workers, summary.threads, summary.lanes = workers, threads, lanes
     if workers == 1:
@@ -254,11 +255,10 @@ def _make_engine(config: LabelConfig, recognizer, summary: RunSummary):
 
 
 def auto_workers(cores: int) -> int:
-    """``--workers auto``: one worker process per usable core - except on one or two cores, where one process with
-    a thread per core measured at least as fast with less than half the memory (``python benchmarks/scale.py`` on
-    the 2-vCPU AVX2 machine: clip 6.69 s against 6.76 s with two workers, 60 photos 2.86 s against 3.49 s, peak
-    326 MB against 747 MB): two single-thread processes there reach only 1.7x one, as one process does with two
-    threads."""
+    """``--workers auto``: one worker process per usable core - except on one or two cores, where one process
+    running a lane per core measured faster with half the memory (``python benchmarks/scale.py`` on the 2-vCPU AVX2
+    machine: clip 4.12 s against 4.65 s with two workers, 60 photos 1.87 s against 2.09 s, peak 312 MB against
+    574 MB)."""
     return cores if cores > 2 else 1
 
 
@@ -276,6 +276,7 @@ def in_process_lanes(cores: int) -> int:
 # Frames per video unit when workers share a video: enough for full model batches and cheap seeks, few enough
 # that every worker gets several units (the last ones finish together).
 MIN_CHUNK_FRAMES = 32
+IMAGES_PER_UNIT = 8
 MAX_CHUNK_FRAMES = 1500
 UNITS_PER_WORKER = 4
 
@@ -289,7 +290,9 @@ def plan(sources: list[Source], done: set[tuple[str, str]], config: LabelConfig,
     for name, frame in done:
         if frame:
             frames_done.setdefault(name, set()).add(int(frame))
-    group = config.batch if workers > 1 else config.batch * 8
+    # Images per unit: with several workers (or Ray) small units keep every worker busy to the end; one process
+    # takes bigger ones. At least IMAGES_PER_UNIT so that a small --batch does not multiply the units.
+    group = max(config.batch, IMAGES_PER_UNIT) if workers > 1 else max(config.batch, IMAGES_PER_UNIT) * 8
     units: list[WorkUnit] = []
     images: list[Source] = []
 

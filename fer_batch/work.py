@@ -96,7 +96,7 @@ class _Pending:
     fps: float = 0.0
 
 
-def analyse(unit: WorkUnit, recognizer, batch: int = 8, prefetch: int = 0, timings: dict | None = None,
+def analyse(unit: WorkUnit, recognizer, batch: int = 4, prefetch: int = 0, timings: dict | None = None,
             lanes: int = 1) -> Iterator[list[ItemResult]]:
     """Decode and analyse one unit; yields its results in order, a model batch at a time.
 
@@ -138,10 +138,10 @@ def _in_lanes(batches: Iterator[list[_Pending]], recognizer, lanes: int, timings
               ) -> Iterator[list[ItemResult]]:
     """Run ``lanes`` batches through the models at a time in a thread pool; yield their results in order.
 
-    On two cores, two lanes with one onnxruntime thread each analysed the benchmark clip 1.11x faster than one lane
-    with two threads (``python benchmarks/scale.py``): small single-thread convolutions keep each core busy, where
-    one operator split over two threads waits at every layer for the slower half.
-    """
+    On two cores, two lanes with one onnxruntime thread each labelled the benchmark clip 1.12x faster than one lane
+    with two threads (``python benchmarks/scale.py``: 66.8 against 59.3 frames/s, whole command): small
+    single-thread convolutions keep each core busy, where one operator split over two threads waits at every layer
+    for the slower half."""
     def run(pending: list[_Pending]) -> tuple[list[ItemResult], dict | None]:
         own = {} if timings is not None else None  # per batch, summed here: no two threads update one dict
         return _run_models(pending, recognizer, own), own

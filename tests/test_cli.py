@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -234,6 +235,31 @@ def test_works_from_any_folder_with_the_bundled_model(tmp_path, astronaut_jpg):
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert read_csv(tmp_path / "out.csv")[0]["source"] == "a.jpg"
+
+
+def test_int8_labels_like_the_float_model_and_is_the_bundled_models_own_copy(tmp_path, astronaut_jpg):
+    import hashlib
+
+    from fer_batch.classify import META_TRAINING, EmotionClassifier, default_model_path
+
+    int8 = default_model_path(int8=True)
+    training = json.loads(EmotionClassifier(int8).session.get_modelmeta().custom_metadata_map[META_TRAINING])
+    # Quantized from the float model shipped beside it: re-run `fer-train quantize` whenever that one changes.
+    assert training["int8_quantization"]["source_sha256"] == hashlib.sha256(
+        default_model_path().read_bytes()).hexdigest()
+    rows = {}
+    for name, extra in (("float", ()), ("int8", ("--int8",))):
+        out = tmp_path / f"{name}.csv"
+        run_cli("label", str(astronaut_jpg), "-o", str(out), "--quiet", *extra, check=True)
+        rows[name] = read_csv(out)
+        assert json.loads(out.with_suffix(".run.json").read_text())["settings"]["model"] == (
+            str(int8) if extra else None)
+    assert len(rows["float"]) == len(rows["int8"]) == 1
+    float_row, int8_row = rows["float"][0], rows["int8"][0]
+    assert int8_row["emotion"] == float_row["emotion"] and int8_row["x"] == float_row["x"]
+    assert max(abs(float(int8_row[e]) - float(float_row[e])) for e in EMOTIONS) < 0.05
+    result = run_cli("label", str(astronaut_jpg), "-o", str(tmp_path / "x.csv"), "--int8", "--model", str(int8))
+    assert result.returncode == 2 and "--int8" in result.stderr
 
 
 def test_import_does_not_pull_in_tensorflow():

@@ -17,7 +17,7 @@ import pytest
 from conftest import REPO, moving_face_frames, paste, read_csv, run_cli, write_av_video, write_video
 
 from fer_batch.labels import EMOTIONS
-from fer_batch.runner import LabelConfig, plan
+from fer_batch.runner import IMAGES_PER_UNIT, LabelConfig, plan
 from fer_batch.sources import discover
 from fer_batch.video import VideoReader
 
@@ -61,7 +61,8 @@ def test_plan_splits_videos_at_keyframes_and_groups_images(media):
     sources, _ = discover([str(media)])
     units = plan(sources, set(), LabelConfig(batch=4), workers=2)
     images = [u for u in units if not u.is_video]
-    assert sum(len(u.sources) for u in images) == 12 and all(len(u.sources) <= 4 for u in images)
+    assert sum(len(u.sources) for u in images) == 12 and all(len(u.sources) <= IMAGES_PER_UNIT for u in images)
+    assert len(images) == -(-12 // IMAGES_PER_UNIT)
     talk = [u for u in units if u.sources[0].name.endswith("talk.mp4")]
     assert len(talk) >= 2 and talk[0].start == 0 and talk[-1].stop is None and talk[-1].last
     assert all(a.stop == b.start for a, b in zip(talk, talk[1:]))

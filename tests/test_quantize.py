@@ -4,6 +4,7 @@ the int8 copy loads through EmotionClassifier, keeps the metadata and agrees wit
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 
@@ -113,6 +114,7 @@ def test_int8_model_loads_keeps_metadata_and_is_quantized(float_model, quantized
     assert training["parameters"] == 1234  # the float model's summary stays
     assert training["int8_quantization"]["calibration"] == {"data": "fer2013.csv", "split": "Training", "faces": 100,
                                                             "sampling": "random, seed 0", "method": "MinMax"}
+    assert training["int8_quantization"]["source_sha256"] == hashlib.sha256(float_model.read_bytes()).hexdigest()
     graph = onnx.load(str(output)).graph
     operators = {node.op_type for node in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= operators

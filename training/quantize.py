@@ -15,6 +15,7 @@ The settings, measured on models/emotion.onnx on an AVX2 CPU without VNNI (bench
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import tempfile
@@ -112,7 +113,8 @@ def quantize(model: str | Path, output: str | Path, data: str | Path, count: int
         quantized = onnx.load(str(quantized_path))
 
     recipe = {"format": "QDQ", "activations": "uint8", "weights": "int8 per channel, 7-bit range",
-              "operators": list(QUANTIZED_OPS), "source": source.name, "onnxruntime": onnxruntime.__version__,
+              "operators": list(QUANTIZED_OPS), "source": source.name,
+              "source_sha256": hashlib.sha256(source.read_bytes()).hexdigest(), "onnxruntime": onnxruntime.__version__,
               "calibration": {"data": Path(data).name, "split": "Training", "faces": len(faces),
                               "sampling": f"random, seed {CALIBRATION_SEED}", "method": "MinMax"}}
     original = onnx.load(str(source))
