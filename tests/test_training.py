@@ -6,6 +6,7 @@ import csv
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -240,6 +241,7 @@ def test_pack_then_train_from_the_npz(trained_run, tmp_path):
 
 JAX_WITHOUT_TENSORFLOW = """
 import sys
+import time
 
 
 class NoTensorFlow:  # a lent GPU machine has JAX and no TensorFlow: training must not need it
@@ -314,6 +316,42 @@ def test_gpu_recipe_script_teachers_then_student(trained_run, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(list(student_out.iterdir())) <= 8  # what the device tool brings back
     assert fer_train(["export", str(student_out), "-o", str(tmp_path / "student.onnx"), "--data", str(data)]) == 0
+
+
+def test_gpu_recipe_script_all_in_one_call(trained_run, tmp_path):
+    """`gpu_recipe.sh all`, as one call on a lent GPU: a probe sizes the teachers' and the student's epochs so that
+    every cosine schedule runs to its end inside the budget; what comes back is the student's run folder."""
+    import os
+    import re
+    import tarfile
+
+    pytest.importorskip("jax")
+    data, _ = trained_run
+    packed = tmp_path / "fer.npz"
+    assert fer_train(["pack", "--data", str(data), "-o", str(packed)]) == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "FER_DATA": str(packed), "FER_WORK": str(tmp_path / "work"), "KERAS_BACKEND": "jax",
+           "PYTHON": sys.executable, "OUT": str(out)}
+    tiny = "--batch-size 16 --warmup-epochs 0 --precision fp32 --patience 1000 --widths"
+    started = time.monotonic()
+    result = subprocess.run([str(REPO / "training" / "gpu_recipe.sh"), "all", "170", f"--seed 1 {tiny} 8,16,16,32",
+                             f"--seed 2 {tiny} 8,8,16,16", "--", "--widths", "8,16,16,32", "--batch-size", "16",
+                             "--patience", "1000"],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert time.monotonic() - started < 180  # 170 s and the last copy
+    teacher_epochs, student_epochs = map(int, re.search(r"teachers (\d+) epochs, student (\d+) epochs",
+                                                        result.stdout).groups())
+    assert teacher_epochs >= 5 and student_epochs >= 5 and "budget of" not in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["best.keras", "commands.txt", "config.json", "ensemble.txt",
+                                                      "log.csv", "runs.tar.gz", "state.json", "teachers.npz"]
+    assert json.loads((out / "state.json").read_text())["epochs_done"] == student_epochs  # the whole schedule
+    with tarfile.open(out / "runs.tar.gz") as archive:
+        for teacher in ("teacher1", "teacher2"):
+            log_csv = archive.extractfile(f"./{teacher}/log.csv").read().decode()
+            assert len(log_csv.strip().splitlines()) == teacher_epochs + 1
+    assert fer_train(["export", str(out), "-o", str(tmp_path / "student.onnx"), "--data", str(data)]) == 0
 
 
 def test_seed_architecture_builds():
