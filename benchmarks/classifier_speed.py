@@ -2,6 +2,7 @@
 
     python benchmarks/classifier_speed.py                  # 2851c84's models/emotion.onnx vs models/emotion.onnx
     python benchmarks/classifier_speed.py --new models/emotion.onnx --new runs/emotion-int8.onnx --threads 1
+    python benchmarks/classifier_speed.py --save-faces faces.npy    # then, elsewhere: --data faces.npy
 
 Models are files or REV:PATH (extracted with `git show`). Each is loaded the way fer-batch loads it
 (fer_batch.classify.EmotionClassifier, --threads intra-op threads, --batch faces per onnxruntime call). The faces
@@ -47,12 +48,25 @@ def resolve_model(spec: str, work: Path) -> Path:
 
 
 def load_faces(data: str | Path | None, count: int) -> tuple[np.ndarray, str]:
-    """``count`` uint8 faces (N, 48, 48), repeated if the source has fewer, and where they come from."""
-    from training.export import parity_images
+    """``count`` uint8 faces (N, 48, 48), repeated if the source has fewer, and where they come from. ``data``: the
+    FER-2013 file, or a ``.npy`` of faces written by ``save_faces`` (for a machine without the data or
+    scikit-image, such as a lent GPU machine)."""
+    if data and str(data).endswith(".npy") and Path(data).is_file():
+        faces = np.load(data)
+        source = f"{Path(data).name}"
+    else:
+        from training.export import parity_images
 
-    faces = parity_images(data, count)
-    source = "FER-2013 PublicTest" if data and Path(data).exists() else "scikit-image astronaut crops"
+        faces = parity_images(data, count)
+        source = "FER-2013 PublicTest" if data and Path(data).exists() else "scikit-image astronaut crops"
     return np.resize(faces, (count, *faces.shape[1:])), source
+
+
+def save_faces(data: str | Path | None, count: int, output: Path) -> str:
+    """Write the faces ``load_faces`` would use to ``output`` (.npy); returns where they come from."""
+    faces, source = load_faces(data, count)
+    np.save(output, faces.astype(np.uint8))
+    return source
 
 
 def measure(models: list[Path], faces: np.ndarray, threads: int = 2, batch: int = 32, rounds: int = 5) -> list[dict]:
@@ -106,7 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per model (default 5)")
     parser.add_argument("--data", default=DEFAULT_DATA, help=f"FER-2013 for real faces (default {DEFAULT_DATA})")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--save-faces", type=Path, metavar="FILE.npy",
+                        help="only write the faces to FILE.npy (for --data FILE.npy on another machine) and exit")
     args = parser.parse_args(argv)
+    if args.save_faces:
+        print(f"wrote {args.faces} faces ({save_faces(args.data, args.faces, args.save_faces)}) to {args.save_faces}")
+        return 0
 
     import onnxruntime
 

@@ -3,6 +3,7 @@
     python benchmarks/scale.py                          # generated clip and photos, workers 1..cores
     python benchmarks/scale.py --baseline 2851c84 --pairs 10   # also: an older commit's whole-command time
     python benchmarks/scale.py --workers 1 2 4 8 16 --separate 16
+    python benchmarks/scale.py --media media/ --media-only      # write the media here, measure elsewhere
 
 Prints JSON with:
 - ``worker_profile``: one worker at --threads 1 on the clip, in seconds and shares: onnxruntime (detector and
@@ -149,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", metavar="REV", help="compare whole-command time with this commit")
     parser.add_argument("--pairs", type=int, default=5, help="interleaved old/new runs for --baseline")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--media", type=Path, metavar="DIR",
+                        help="use clip.mp4, crowd.mp4 and photos/ in DIR, writing those missing (default: a new "
+                             "temporary folder); for a machine without scikit-image, write them here first")
+    parser.add_argument("--media-only", action="store_true", help="write the media into --media DIR and exit")
     args = parser.parse_args(argv)
 
     from bench import make_clip, make_crowd_clip, make_folder
@@ -158,8 +163,16 @@ def main(argv: list[str] | None = None) -> int:
     cores = available_cores()
     counts = args.workers or sorted({1, *[2 ** i for i in range(1, 8) if 2 ** i <= cores], cores})
     work = Path(tempfile.mkdtemp(prefix="fer-batch-scale-"))
-    clip = make_clip(work / "clip.mp4")
-    folder = make_folder(work / "photos", args.photos)
+    media = args.media or work
+    media.mkdir(parents=True, exist_ok=True)
+    clip = media / "clip.mp4" if (media / "clip.mp4").is_file() else make_clip(media / "clip.mp4")
+    crowd = media / "crowd.mp4" if (media / "crowd.mp4").is_file() else make_crowd_clip(media / "crowd.mp4")
+    folder = media / "photos"
+    if not folder.is_dir() or len(list(folder.glob("*.jpg"))) != args.photos:
+        folder = make_folder(folder, args.photos)
+    if args.media_only:
+        print(f"wrote the clip, the crowd clip and {args.photos} photos to {media}")
+        return 0
     results: dict = {"machine": describe_hardware(), "clip": "640x360, 275 frames", "photos": args.photos}
     results["worker_profile"] = worker_profile(clip)
     print(json.dumps(results["worker_profile"], indent=2), file=sys.stderr)
@@ -202,7 +215,6 @@ def main(argv: list[str] | None = None) -> int:
         old = work / "baseline"
         subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-f", str(old), args.baseline],
                        check=True, capture_output=True)
-        crowd = make_crowd_clip(work / "crowd.mp4")
         try:
             results["baseline"] = {"rev": args.baseline}
             for name, video in (("clip", clip), ("crowd", crowd)):
