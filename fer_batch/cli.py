@@ -188,11 +188,7 @@ def _label(args) -> int:
         print("fer-batch: error: --int8 picks the bundled model's INT8 copy; it cannot go with --model",
               file=sys.stderr)
         return 2
-    if args.int8:
-        from fer_batch.classify import default_model_path
-
-        args.model = str(default_model_path(int8=True))
-    config = LabelConfig(model=args.model, detector=args.detector, align=args.align, every=args.every,
+    config = LabelConfig(model=args.model, int8=args.int8, detector=args.detector, align=args.align, every=args.every,
                          min_face=args.min_face, face_threshold=args.face_threshold, detect_size=args.detect_size,
                          threads=args.threads, workers=args.workers, engine=args.engine,
                          ray_address=args.ray_address, stall_timeout=args.stall_timeout, batch=args.batch,

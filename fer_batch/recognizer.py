@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_batch.classify import EmotionClassifier
+from fer_batch.classify import EmotionClassifier, default_model_path
 from fer_batch.crop import crop_face, to_grey
 from fer_batch.detect import Detections, HaarDetector, WholeImageDetector, make_detector
 from fer_batch.labels import EMOTIONS
@@ -46,8 +46,11 @@ class EmotionRecognizer:
 
     def __init__(self, model: str | Path | None = None, detector: str = "retinaface", align: bool = False,
                  face_threshold: float = 0.8, min_face: float = 20.0, detect_size: int = 640, threads: int = 0,
-                 providers: list[str] | None = None):
-        self.classifier = EmotionClassifier(model, threads=threads, providers=providers)
+                 providers: list[str] | None = None, int8: bool = False):
+        if int8 and model:
+            raise ValueError("int8 picks the bundled model's INT8 copy; give it or a model, not both")
+        self.classifier = EmotionClassifier(model or default_model_path(int8=int8), threads=threads,
+                                            providers=providers)
         self.detector = make_detector(detector, threshold=face_threshold, min_face=min_face, max_side=detect_size,
                                       threads=threads, providers=providers)
         self.align = align

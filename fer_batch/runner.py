@@ -37,6 +37,7 @@ class UsageError(Exception):
 @dataclass
 class LabelConfig:
     model: str | None = None  # None: the bundled models/emotion.onnx
+    int8: bool = False  # with model None: the bundled model's INT8 copy (models/emotion-int8.onnx)
     detector: str = "retinaface"
     align: bool = False  # level the eyes on the landmarks (measured less accurate than the box crop)
     every: int = 1  # analyse every Nth video frame
@@ -64,8 +65,8 @@ class LabelConfig:
 
     def recognizer_options(self, threads: int | None = None) -> dict:
         """EmotionRecognizer's keyword arguments (picklable, for worker processes and Ray actors)."""
-        return dict(model=self.model, detector=self.detector, align=self.align, face_threshold=self.face_threshold,
-                    min_face=self.min_face, detect_size=self.detect_size,
+        return dict(model=self.model, int8=self.int8, detector=self.detector, align=self.align,
+                    face_threshold=self.face_threshold, min_face=self.min_face, detect_size=self.detect_size,
                     threads=self.threads if threads is None else threads, providers=self.providers)
 
 
@@ -276,9 +277,10 @@ def in_process_lanes(cores: int) -> int:
 # Frames per video unit when workers share a video: enough for full model batches and cheap seeks, few enough
 # that every worker gets several units (the last ones finish together).
 MIN_CHUNK_FRAMES = 32
-IMAGES_PER_UNIT = 8
 MAX_CHUNK_FRAMES = 1500
 UNITS_PER_WORKER = 4
+# Images per unit with several workers (one process takes 8 times as many).
+IMAGES_PER_UNIT = 8
 
 
 def plan(sources: list[Source], done: set[tuple[str, str]], config: LabelConfig, workers: int = 1,
@@ -290,8 +292,8 @@ def plan(sources: list[Source], done: set[tuple[str, str]], config: LabelConfig,
     for name, frame in done:
         if frame:
             frames_done.setdefault(name, set()).add(int(frame))
-    # Images per unit: with several workers (or Ray) small units keep every worker busy to the end; one process
-    # takes bigger ones. At least IMAGES_PER_UNIT so that a small --batch does not multiply the units.
+    # Small units keep every worker (or Ray actor) busy to the end; one process takes bigger ones. At least
+    # IMAGES_PER_UNIT, so that a small --batch does not multiply the units.
     group = max(config.batch, IMAGES_PER_UNIT) if workers > 1 else max(config.batch, IMAGES_PER_UNIT) * 8
     units: list[WorkUnit] = []
     images: list[Source] = []
@@ -402,7 +404,8 @@ def _environment() -> dict:
     from fer_batch.classify import default_model_path
     from fer_batch.system import describe_hardware, versions
 
-    return {"versions": versions(), "machine": describe_hardware(), "model": str(default_model_path())}
+    return {"versions": versions(), "machine": describe_hardware(), "model": str(default_model_path()),
+            "model_int8": str(default_model_path(int8=True))}
 
 
 def _write_run_info(output, inputs: list[str], config: LabelConfig, summary: RunSummary, started_at: datetime,
@@ -412,10 +415,11 @@ def _write_run_info(output, inputs: list[str], config: LabelConfig, summary: Run
 
     path = path or run_info_path(output)
     environment = _environment()
+    model = str(config.model or environment["model_int8" if config.int8 else "model"])
     info = {
         "fer_batch": environment["versions"]["fer_batch"], "inputs": list(inputs),
         "settings": {k: v for k, v in asdict(config).items() if k not in ("progress",)},
-        "versions": environment["versions"], "model": {"path": str(config.model or environment["model"])},
+        "versions": environment["versions"], "model": {"path": model},
         "machine": environment["machine"], "started": started_at.isoformat(timespec="seconds"),
         "finished": finished_at.isoformat(timespec="seconds") if finished_at else None,
         "elapsed_s": round(summary.elapsed, 3), "items": summary.items, "faces": summary.faces,

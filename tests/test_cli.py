@@ -252,8 +252,13 @@ def test_int8_labels_like_the_float_model_and_is_the_bundled_models_own_copy(tmp
         out = tmp_path / f"{name}.csv"
         run_cli("label", str(astronaut_jpg), "-o", str(out), "--quiet", *extra, check=True)
         rows[name] = read_csv(out)
-        assert json.loads(out.with_suffix(".run.json").read_text())["settings"]["model"] == (
-            str(int8) if extra else None)
+        info = json.loads(out.with_suffix(".run.json").read_text())
+        assert info["settings"]["int8"] == bool(extra) and info["model"]["path"] == str(
+            int8 if extra else default_model_path())
+    # Worker processes (and Ray actors) resolve the INT8 copy themselves from the same option.
+    run_cli("label", str(astronaut_jpg), "-o", str(tmp_path / "w.csv"), "--quiet", "--int8", "--workers", "2",
+            check=True)
+    assert read_csv(tmp_path / "w.csv") == rows["int8"]
     assert len(rows["float"]) == len(rows["int8"]) == 1
     float_row, int8_row = rows["float"][0], rows["int8"][0]
     assert int8_row["emotion"] == float_row["emotion"] and int8_row["x"] == float_row["x"]
