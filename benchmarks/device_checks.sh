@@ -6,7 +6,7 @@
 #   - issue 10: the INT8 copy of the model against the float model on AVX-512 (`benchmarks/classifier_speed.py`).
 #
 #   benchmarks/device_checks.sh prepare    here: wheels for Python 3.12, the media and 2,048 real faces, in
-#                                          runs/device-bench/ (~45 MB; ignored by git)
+#                                          runs/device-bench/ (51 MB; ignored by git)
 #   benchmarks/device_checks.sh run        there (device run, carry runs/device-bench, timeout ~400 s): results in
 #                                          $OUT/scale.json and $OUT/classifier-t{1,2,4,16}.json, the log in $OUT/log.txt
 set -euo pipefail
