@@ -184,10 +184,6 @@ def _label(args) -> int:
     if args.resume and args.force:
         print("fer-batch: error: --resume and --force contradict each other; pick one", file=sys.stderr)
         return 2
-    if args.int8 and args.model:
-        print("fer-batch: error: --int8 picks the bundled model's INT8 copy; it cannot go with --model",
-              file=sys.stderr)
-        return 2
     config = LabelConfig(model=args.model, int8=args.int8, detector=args.detector, align=args.align, every=args.every,
                          min_face=args.min_face, face_threshold=args.face_threshold, detect_size=args.detect_size,
                          threads=args.threads, workers=args.workers, engine=args.engine,

@@ -164,6 +164,8 @@ def label_files(inputs: list[str], output: str | Path, config: LabelConfig | Non
         raise UsageError(f"no such file or folder: {', '.join(missing)}")
     if config.every < 1:
         raise UsageError("--every must be 1 or more")
+    if config.int8 and config.model:
+        raise UsageError("--int8 picks the bundled model's INT8 copy; it cannot go with --model")
     if config.engine not in ENGINES:
         raise UsageError(f"unknown engine {config.engine!r}; choose one of {', '.join(ENGINES)}")
     summary = RunSummary(engine=config.engine)

@@ -241,7 +241,6 @@ def test_pack_then_train_from_the_npz(trained_run, tmp_path):
 
 JAX_WITHOUT_TENSORFLOW = """
 import sys
-import time
 
 
 class NoTensorFlow:  # a lent GPU machine has JAX and no TensorFlow: training must not need it
