@@ -189,3 +189,17 @@ def test_classifier_speed_reads_models_out_of_git(tmp_path):
         benchmark.resolve_model("HEAD:no/such.onnx", tmp_path)
     with pytest.raises(FileNotFoundError, match="missing.onnx: no such model file"):
         benchmark.resolve_model(str(tmp_path / "missing.onnx"), tmp_path)
+
+
+def test_a_clean_train_install_can_quantize():
+    """`pip install '.[train]'` brings everything `fer-train quantize` imports: onnxruntime's quantizer needs sympy
+    for its shape inference, and onnxruntime >= 1.32 no longer installs it (a fresh install failed that way)."""
+    import importlib.metadata
+    import re
+
+    requires = importlib.metadata.requires("fer-batch") or []
+    train = {re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0].lower()
+             for requirement in requires if re.search(r"extra\s*==\s*['\"]train['\"]", requirement)}
+    assert {"onnx", "sympy", "tensorflow", "tf2onnx"} <= train, train
+    import sympy  # noqa: F401 - what quant_pre_process imports when it runs
+    from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: F401
