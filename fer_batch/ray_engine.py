@@ -11,7 +11,18 @@ smooths and writes, as for local workers.
 Inputs must be readable at the same path on every node (a shared filesystem); a node that cannot read a file
 turns it into an error row naming the node. An actor that dies (its process killed, its node lost) is restarted
 and its unit retried by Ray; a unit is reported at most once, and units Ray gives up on are retried piece by piece,
-pieces that still fail becoming error rows. ``import ray`` happens only here, so the default install never needs it.
+pieces that still fail becoming error rows. As with local workers, an actor whose unit sends nothing for
+``stall_timeout`` seconds stops its own process (then the same retries), and no pass over the units waits on Ray
+for ever: Ray Data ends one that makes no progress for :func:`pass_deadline` seconds, its unfinished units going
+the same way. ``import ray`` happens only here, so the default install never needs it.
+
+Ray Data (2.60) lets a finished pass's actors go by dropping its references to them, not with ``ray.kill``. A
+task that failed leaves a reference behind: the task keeps its exception, whose traceback holds the task, its
+done-callback and so the actor's handle: a cycle that only Python's cycle collector frees, and that under pytest
+outlived even ``gc.collect()``. The actor that died there, restarted by Ray, lives on with its CPUs; the next
+pass's actors never start on a cluster whose CPUs it holds, and Ray Data waits for them (for 30 minutes, its
+default no-progress limit). So the engine names every actor of a pass, kills them when the pass ends, and waits
+(with a deadline) until they are gone.
 """
 
 from __future__ import annotations
@@ -19,7 +30,11 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import signal
 import socket
+import threading
+import time
+import uuid
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -28,9 +43,11 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_batch.config import LabelConfig, UsageError
 from fer_batch.engines import EngineError, Event
-from fer_batch.runner import LabelConfig, UsageError
 from fer_batch.work import ItemResult, WorkUnit, analyse
+
+logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'fer-batch[ray]'"
 # Ray retries a unit this many times when its actor dies (process killed, node lost) before giving up on it.
@@ -43,6 +60,12 @@ PIECE_FRAMES = 32
 # A Ray started by fer-batch keeps only units and results in its object store: kilobytes, not frames.
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024
 LOCAL_ERRORS = ("cannot read file",)  # error messages that depend on the node that read the file
+# Seconds an actor may take to start and load the models (part of a pass's deadline).
+ACTOR_START_S = 120.0
+# Seconds a finished pass's actors may take to exit before the next pass starts without waiting for them.
+ACTOR_EXIT_S = 60.0
+# Seconds for a small call to the engine's own actor (the stall notes).
+NOTES_TIMEOUT_S = 30.0
 
 
 def _import_ray():
@@ -74,9 +97,13 @@ def node_label() -> str:
 
 class AnalyseActor:
     """A Ray Data callable class: loads the models once, then analyses the units of one task per call (a row
-    holds a pickled list of WorkUnits); returns a row per unit: its id, its pickled ItemResults, the node."""
+    holds a pickled list of WorkUnits); returns a row per unit: its id, its pickled ItemResults, the node.
 
-    def __init__(self, options: dict, batch: int):
+    With ``stall_timeout`` > 0, a watchdog thread stops the actor's process when its unit has sent nothing for
+    that many seconds (a hung decoder cannot be interrupted otherwise), after noting the unit in ``notes`` (a
+    :class:`StallNotes` actor) so that its error row can say so."""
+
+    def __init__(self, options: dict, batch: int, stall_timeout: float = 0.0, notes=None):
         from fer_batch.recognizer import EmotionRecognizer
 
         self.recognizer = EmotionRecognizer(**options)
@@ -84,6 +111,12 @@ class AnalyseActor:
         address, node_id = node_address()
         self.node = f"{address} ({socket.gethostname()})"  # for error rows
         self.where = f"{address} ({node_id[:8]})"  # for units_per_node: unique even for nodes on one machine
+        self.stall_timeout = stall_timeout
+        self.notes = notes
+        self._unit: WorkUnit | None = None  # the unit being analysed, for the watchdog
+        self._progress_at = 0.0  # time.monotonic() of its last batch (or its start)
+        if stall_timeout > 0:  # the clock starts after the models are loaded, as for local workers
+            threading.Thread(target=self._watch, name="fer-batch stall watchdog", daemon=True).start()
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids, payloads = [], []
@@ -96,17 +129,59 @@ class AnalyseActor:
 
     def analyse(self, unit: WorkUnit) -> list[ItemResult]:
         results: list[ItemResult] = []
+        self._progress_at = time.monotonic()  # before _unit: the watchdog never sees a new unit with an old clock
+        self._unit = unit
         try:
             for batch in analyse(unit, self.recognizer, self.batch):
                 results.extend(batch)
+                self._progress_at = time.monotonic()
         except Exception as error:  # noqa: BLE001 - the unit's next item becomes an error row, as with local workers
             frames = [result.frame for result in results if result.frame is not None]
             results.append(unit.failed_item(len(results), max(frames, default=unit.start - 1),
                                             f"analysis failed: {type(error).__name__}: {error}"))
+        finally:
+            self._unit = None
         for result in results:
             if result.error.startswith(LOCAL_ERRORS):
                 result.error = f"on node {self.node}: {result.error}"
         return results
+
+    def _watch(self) -> None:
+        import ray
+
+        while True:
+            time.sleep(min(1.0, self.stall_timeout / 4))
+            unit = self._unit
+            if unit is None or time.monotonic() - self._progress_at < self.stall_timeout:
+                continue
+            if self.notes is not None:
+                try:
+                    ray.get(self.notes.stalled.remote(unit.id), timeout=NOTES_TIMEOUT_S)
+                except ray.exceptions.RayError:  # the error row then says "died" instead of "sent nothing"
+                    pass
+            os.kill(os.getpid(), signal.SIGKILL)  # as a crash: Ray restarts the actor and retries the unit
+
+
+class StallNotes:
+    """A Ray actor (no CPU) where AnalyseActors note the units their watchdog stopped: unit id -> tries."""
+
+    def __init__(self):
+        self.units: dict[int, int] = {}
+
+    def stalled(self, unit_id: int) -> None:
+        self.units[unit_id] = self.units.get(unit_id, 0) + 1
+
+    def stalled_units(self) -> dict[int, int]:
+        return dict(self.units)
+
+
+def pass_deadline(stall_timeout: float) -> float:
+    """Seconds a Ray Data pass may go without a unit starting or finishing before Ray Data ends it (its
+    unfinished units are then retried in pieces, or become error rows): long enough for a stalled unit's every
+    try to be stopped by the watchdog, and an actor to start for each; -1 (never) when ``stall_timeout`` is 0."""
+    if stall_timeout <= 0:
+        return -1.0
+    return (UNIT_RETRIES + 1) * (stall_timeout + ACTOR_START_S)
 
 
 def _load_models(options: dict) -> tuple[str, str]:
@@ -150,6 +225,8 @@ class RayEngine:
         if options.get("model"):
             options["model"] = os.path.abspath(options["model"])
         self.options = options
+        self._notes = None  # the StallNotes actor, started with the first pass when there is a stall_timeout
+        self.cut_off = ""  # why the last pass ended before all its units did ("": it did not)
         # Load the models once on the cluster while the runner discovers the inputs: a bad model, or a node
         # without fer-batch, is reported before any work starts.
         self._probe = self.ray.remote(num_cpus=0, max_retries=0)(_load_models).remote(options)
@@ -213,6 +290,8 @@ class RayEngine:
         if not units:
             return
         self.wait_ready()
+        if self.config.stall_timeout > 0 and self._notes is None:
+            self._notes = self.ray.remote(num_cpus=0, max_restarts=0)(StallNotes).remote()
         missing = {unit.id: unit for unit in units}
         for unit_id, results in self._execute(units, retries=UNIT_RETRIES):
             if missing.pop(unit_id, None) is not None:  # a unit Ray delivered twice is reported once
@@ -221,8 +300,8 @@ class RayEngine:
             yield from self._retry_in_pieces(list(missing.values()))
 
     def _retry_in_pieces(self, units: list[WorkUnit]) -> Iterator[Event]:
-        """Units Ray gave up on (their actor died on every try): again in small pieces, a piece that still fails
-        becoming an error row, so one bad item costs only its piece."""
+        """Units Ray gave up on (their actor died or stalled on every try, or the pass was cut off): again in small
+        pieces, a piece that still fails becoming an error row that says why, so one bad item costs only its piece."""
         pieces: dict[int, tuple[int, int, WorkUnit]] = {}  # piece id -> (unit id, position, piece)
         next_id = max(unit.id for unit in units) + 1
         for unit in units:
@@ -232,44 +311,88 @@ class RayEngine:
         returned: dict[int, list[ItemResult]] = {}
         for piece_id, results in self._execute([piece for _, _, piece in pieces.values()], retries=1, group=False):
             returned.setdefault(piece_id, results)
+        stalled = self._stalled_units() if len(returned) < len(pieces) else {}
         by_unit: dict[int, list[tuple[int, list[ItemResult]]]] = {}
         for piece_id, (unit_id, position, piece) in pieces.items():
             results = returned.get(piece_id)
             if results is None:
-                results = [_lost(piece)]
+                results = [_lost(piece, self._why_lost(piece_id, stalled))]
             by_unit.setdefault(unit_id, []).append((position, results))
         for unit in units:
             for _, results in sorted(by_unit.get(unit.id, []), key=lambda entry: entry[0]):
                 yield unit.id, results, False
             yield unit.id, [], True
 
+    def _why_lost(self, piece_id: int, stalled: dict[int, int]) -> str:
+        """Why a piece came back from no try: "{what}" in it stands for the image or the frames."""
+        if piece_id in stalled:
+            return (f"the Ray worker analysing {{what}} sent nothing for {self.config.stall_timeout:g} s on every "
+                    f"try (stopped; see the Ray logs)")
+        if self.cut_off:
+            return f"{{what}} waited in vain: {self.cut_off}"
+        return "the Ray worker analysing {what} died on every try (see the Ray logs)"
+
+    def _stalled_units(self) -> dict[int, int]:
+        """Units (and pieces) whose actor's watchdog stopped it: id -> times."""
+        if self._notes is None:
+            return {}
+        try:
+            return self.ray.get(self._notes.stalled_units.remote(), timeout=NOTES_TIMEOUT_S)
+        except self.ray.exceptions.RayError as error:
+            logger.warning("fer-batch: the Ray engine's StallNotes actor did not say which units stalled within "
+                           "%g s (%s); their error rows say 'died'", NOTES_TIMEOUT_S, _first_line(error))
+            return {}
+
     def _execute(self, units: list[WorkUnit], retries: int, group: bool = True
                  ) -> Iterator[tuple[int, list[ItemResult]]]:
         """One Ray Data pass over ``units`` (image units grouped into tasks with ``group``, else a task each):
-        (unit id, results) as units finish; units of tasks Ray gave up on are left out."""
+        (unit id, results) as units finish; units of tasks Ray gave up on are left out, and so are those of a pass
+        that made no progress for its deadline (``cut_off`` then says so)."""
         ray = self.ray
+        from ray.data import exceptions
+
+        # Ray Data's error for a pass that made no progress for execution_no_progress_timeout_s (2.60).
+        no_progress = getattr(exceptions, "ExecutionTimeoutError", _NeverRaised)
         tasks = _tasks(units, self.workers) if group else [[unit] for unit in units]
         items = [{"units": pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)} for task in tasks]
         workers = min(self.workers, len(items))
-        with _quiet_data_context(ray), warnings.catch_warnings():
+        deadline = pass_deadline(self.config.stall_timeout)
+        self.cut_off = ""
+        ended = False  # the pass ran to its end (or its deadline), rather than its consumer stopping early
+        names: list[str] = []  # of the pass's actors, for killing them when it ends
+
+        def named() -> dict:  # Ray Data calls this for each actor it starts
+            names.append(f"fer-batch-analyse-{uuid.uuid4().hex}")
+            return {"name": names[-1]}
+
+        with _quiet_data_context(ray, deadline), warnings.catch_warnings():
             # Ray Data's named parameters have no retry limit, and its default (retry forever) would loop on an
-            # input that kills its worker every time; the generic remote args work until Ray 2.64 (the pin).
+            # input that kills its worker every time; the generic remote args, and ray_remote_args_fn (which names
+            # the actors, to kill them), work until Ray 2.64 (the pin).
             warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
             warnings.filterwarnings("ignore", category=DeprecationWarning, module="ray.data.context")  # its own
             dataset = ray.data.from_items(items, override_num_blocks=len(items))  # one task per block and call
             dataset = dataset.map_batches(
                 AnalyseActor, batch_size=1, batch_format="numpy",
-                fn_constructor_kwargs={"options": self.options, "batch": self.config.batch},
+                fn_constructor_kwargs={"options": self.options, "batch": self.config.batch,
+                                       "stall_timeout": self.config.stall_timeout, "notes": self._notes},
                 # One unit in flight per actor: when an actor dies, only the unit it was analysing is retried
                 # (units queued behind it would spend their retries on another unit's crash).
                 compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers, initial_size=workers,
                                                    max_tasks_in_flight_per_actor=1),
-                num_cpus=self.threads, max_restarts=-1, max_task_retries=retries)
+                num_cpus=self.threads, max_restarts=-1, max_task_retries=retries, ray_remote_args_fn=named)
             try:
                 for row in dataset.iter_rows():
                     node = str(row["node"])
                     self.units_per_node[node] = self.units_per_node.get(node, 0) + 1
                     yield int(row["id"]), pickle.loads(row["results"])
+                ended = True
+            except no_progress:
+                ended = True
+                self.cut_off = (f"the Ray cluster started and finished no unit for {deadline:g} s (are its CPUs "
+                                f"taken by other work, or a node lost?)")
+                logger.warning("fer-batch: %s; the units not analysed are retried in pieces or become error rows",
+                               self.cut_off)
             except ray.exceptions.RayError as error:
                 if "AnalyseActor" in str(error) and "__init__" in str(error):
                     # wait_ready's check passed on one node but actors cannot load the models: a ModelError, which
@@ -280,6 +403,42 @@ class RayEngine:
                 raise
             finally:
                 self._count_restarts()
+                self._end_actors(names, wait=ended)
+
+    def _end_actors(self, names: list[str], wait: bool) -> None:
+        """Kill the pass's actors and, with ``wait``, wait (ACTOR_EXIT_S at most) until they are gone, so that the
+        next pass (or run, in a session the caller keeps) finds their CPUs free; see the module docstring."""
+        for name in names:
+            try:
+                actor = self.ray.get_actor(name)
+            except ValueError:  # gone already
+                continue
+            self.ray.kill(actor)
+        if not wait:
+            return
+        deadline = time.monotonic() + ACTOR_EXIT_S
+        left = self._live_actors()
+        while left and time.monotonic() < deadline:
+            time.sleep(0.1)
+            left = self._live_actors()
+        if left:
+            logger.warning("fer-batch: %d AnalyseActor(s) of a finished Ray Data pass were not gone %g s after "
+                           "being killed; the next pass may wait for their CPUs (until its deadline)", left,
+                           ACTOR_EXIT_S)
+
+    def _live_actors(self) -> int:
+        """This job's AnalyseActors not yet dead, as the cluster's actor table records them (a developer API:
+        best effort, 0 when it cannot say)."""
+        try:
+            return sum(1 for entry in self._actor_table() if entry.get("State") != "DEAD")
+        except Exception:  # noqa: BLE001 - then the next pass's deadline is the only guard
+            return 0
+
+    def _actor_table(self) -> list[dict]:
+        from ray._private.state import actors
+
+        table = actors(job_id=self.ray.JobID.from_hex(self._job_id))
+        return [entry for entry in table.values() if "AnalyseActor" in str(entry.get("ActorClassName", ""))]
 
     def _count_restarts(self) -> None:
         self.restarts = max(self.restarts, self._job_restarts() - self._restarts_before)
@@ -288,16 +447,15 @@ class RayEngine:
         """Restarts of this job's AnalyseActors so far, as the cluster's actor table records them (a developer
         API: best effort, 0 when it cannot say; the rows never depend on it)."""
         try:
-            from ray._private.state import actors
-
-            table = actors(job_id=self.ray.JobID.from_hex(self._job_id))
-            return sum(int(entry.get("NumRestarts", 0)) for entry in table.values()
-                       if "AnalyseActor" in str(entry.get("ActorClassName", "")))
+            return sum(int(entry.get("NumRestarts", 0)) for entry in self._actor_table())
         except Exception:  # noqa: BLE001 - informative only
             return 0
 
     def close(self) -> None:
         """Disconnect from the cluster (a Ray this engine started stops with it)."""
+        notes, self._notes = self._notes, None
+        if notes is not None and self.ray.is_initialized():
+            self.ray.kill(notes)
         if self._owned and self.ray.is_initialized():
             self.ray.shutdown()
         self._owned = False
@@ -343,24 +501,28 @@ def _pieces(unit: WorkUnit) -> list[WorkUnit]:
     return pieces
 
 
-def _lost(piece: WorkUnit) -> ItemResult:
-    """The error row of a piece whose Ray worker died on every try."""
+def _lost(piece: WorkUnit, why: str) -> ItemResult:
+    """The error row of a piece that no try analysed; ``why`` names the image or frames where it says "{what}"."""
     if not piece.is_video:
-        return ItemResult(piece.sources[0].name, error="not analysed: the Ray worker analysing this image died on "
-                                                       "every try (see the Ray logs)")
+        return ItemResult(piece.sources[0].name, error=f"not analysed: {why.format(what='this image')}")
     first = piece.next_frame(piece.start)
-    until = f"frames {first} to {piece.stop - 1}" if piece.stop is not None else f"frames from {first}"
-    return ItemResult(piece.sources[0].name, frame=first,
-                      error=f"not analysed: the Ray worker analysing {until} died on every try (see the Ray logs)")
+    frames = f"frames {first} to {piece.stop - 1}" if piece.stop is not None else f"frames from {first}"
+    return ItemResult(piece.sources[0].name, frame=first, error=f"not analysed: {why.format(what=frames)}")
+
+
+class _NeverRaised(Exception):
+    """Stands for an error this Ray version does not have."""
 
 
 @contextmanager
-def _quiet_data_context(ray):
+def _quiet_data_context(ray, deadline: float):
     """Ray Data settings for one pass, restored afterwards: no progress bars of its own (the runner has one), an
-    actor that dies on every retry loses its unit instead of the run (the engine retries it in pieces)."""
+    actor that dies on every retry loses its unit instead of the run (the engine retries it in pieces), and the
+    pass ends when it has made no progress for ``deadline`` seconds (-1: never)."""
     context = ray.data.DataContext.get_current()
     settings = {"enable_progress_bars": False, "print_on_execution_start": False, "max_errored_blocks": -1,
-                "max_consecutive_actor_init_deaths": 3}
+                "max_consecutive_actor_init_deaths": 3, "execution_no_progress_timeout_s": deadline}
+    settings = {name: value for name, value in settings.items() if hasattr(context, name)}
     saved = {name: getattr(context, name) for name in settings}
     for name, value in settings.items():
         setattr(context, name, value)

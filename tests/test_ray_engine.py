@@ -59,8 +59,11 @@ KILLING_FRAME = 50  # the frame of a "kills-worker" video whose decoding kills i
 def _crash_hook():
     """A worker_process_setup_hook (pickled by value: it is made in a function) that kills the worker process, as a
     decoder segfault would, on reading an image whose name contains 'kills-worker' or on decoding frame
-    KILLING_FRAME of such a video."""
+    KILLING_FRAME of such a video, and hangs for an hour, as a stuck decoder would, on reading an image whose name
+    contains 'stalls-worker'."""
     def hook():
+        import time
+
         import fer_batch.video as video
         import fer_batch.work as work
 
@@ -69,6 +72,8 @@ def _crash_hook():
         def reading(path):
             if "kills-worker" in os.path.basename(str(path)):
                 os.kill(os.getpid(), signal.SIGKILL)
+            if "stalls-worker" in os.path.basename(str(path)):
+                time.sleep(3600)
             return read_image(path)
 
         def decoding(self, *args, **kwargs):
@@ -315,6 +320,60 @@ def test_items_that_kill_their_worker_every_time_become_error_rows(local_ray, me
     assert_same_rows(expected_video, [row for row in video if row["status"] != "error"])
     assert summary.errors == 3  # the two culprits and corrupt.jpg
     assert summary.restarts >= 5
+
+
+def test_an_item_that_hangs_its_worker_is_stopped_after_the_stall_timeout(local_ray, media, reference, tmp_path,
+                                                                         astronaut):
+    """As with local workers' --stall-timeout: the actor whose unit sends nothing for that long stops itself, Ray
+    retries the unit, the engine retries it in pieces, and the image that hangs every time becomes an error row
+    saying so; the rest is the local engine's, and no actor of the run is left holding a CPU."""
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    for name in ("astronaut_0.jpg", "empty.png"):
+        (folder / name).write_bytes((media["photos"] / name).read_bytes())
+    cv2.imwrite(str(folder / "b-stalls-worker.jpg"), astronaut)
+    output = tmp_path / "stall.csv"
+    started = time.monotonic()
+    summary = label_files([str(folder)], output, LabelConfig(engine="ray", stall_timeout=4, progress=False))
+    elapsed = time.monotonic() - started
+    rows = read_csv(output)
+    stalled = [row for row in rows if row["source"].endswith("b-stalls-worker.jpg")]
+    assert len(stalled) == 1 and stalled[0]["status"] == "error", stalled
+    assert "sent nothing for 4 s on every try" in stalled[0]["error"], stalled
+    expected = [{**row, "source": row["source"].replace(str(media["photos"]), str(folder))}
+                for row in reference["photos"] if Path(row["source"]).name in ("astronaut_0.jpg", "empty.png")]
+    assert_same_rows(expected, [row for row in rows if row["source"] != stalled[0]["source"]])
+    assert summary.errors == 1 and summary.restarts >= 3
+    assert elapsed < 240, elapsed  # 3 + 2 tries of 4 s, and the actors' restarts
+    from ray._private.state import actors
+
+    alive = [entry for entry in actors().values()
+             if "AnalyseActor" in entry.get("ActorClassName", "") and entry.get("State") != "DEAD"]
+    assert not alive, alive
+
+
+def test_the_actors_of_a_pass_are_gone_when_it_ends(local_ray, tmp_path, astronaut):
+    """Ray Data 2.60 lets a pass's actors go only when nothing refers to them, and a failed task's logged exception
+    (kept here by pytest's log capture) refers to its actor: the engine kills them itself, so a next pass (the
+    pieces) or run in the same session finds every CPU free."""
+    from ray._private.state import actors
+
+    from fer_batch.ray_engine import RayEngine
+
+    cv2.imwrite(str(tmp_path / "a.jpg"), astronaut)
+    cv2.imwrite(str(tmp_path / "b-kills-worker.jpg"), astronaut)
+    units = [WorkUnit(0, (Source(tmp_path / "a.jpg", "a.jpg", "image"),)),
+             WorkUnit(1, (Source(tmp_path / "b-kills-worker.jpg", "b-kills-worker.jpg", "image"),))]
+    engine = RayEngine(LabelConfig(engine="ray", progress=False))
+    try:
+        engine.wait_ready()
+        returned = [unit_id for unit_id, _ in engine._execute(units, retries=0, group=False)]
+    finally:
+        engine.close()
+    assert returned == [0]
+    alive = [entry for entry in actors().values()
+             if "AnalyseActor" in entry.get("ActorClassName", "") and entry.get("State") != "DEAD"]
+    assert not alive, alive
 
 
 # --- a two-node cluster on the loopback address -----------------------------------------------------------------
