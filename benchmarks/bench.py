@@ -76,6 +76,48 @@ def make_crowd_clip(path: Path, frames: int = 275, size=(640, 360), fps: float =
     return path
 
 
+def fer_faces(fer_csv: Path, count: int, usage: str = "PrivateTest") -> list[np.ndarray]:
+    """The first ``count`` 48x48 grey faces of one split of a FER-2013 CSV (.csv or .csv.gz)."""
+    import csv
+    import gzip
+
+    faces = []
+    with (gzip.open(fer_csv, "rt") if fer_csv.suffix == ".gz" else open(fer_csv)) as handle:
+        for row in csv.DictReader(handle):
+            if row["Usage"] == usage:
+                faces.append(np.array(row["pixels"].split(), np.uint8).reshape(48, 48))
+                if len(faces) == count:
+                    break
+    return faces
+
+
+def make_fer_clip(path: Path, fer_csv: Path, frames: int = 275, size=(640, 360), fps: float = 25.0) -> Path:
+    """Six real faces at a time with varied, often ambiguous expressions (FER-2013 PrivateTest, the classifier's
+    own test faces, grey, enlarged to ~100 px), in a 3x2 grid, each drifting and scaling a little and replaced by
+    the next face every 40 frames (slots change at different times); the sixth slot stays empty for the first 60
+    frames, so a face appears beside others. Where labels are uncertain, a crop a pixel off can change them: the
+    harder test of agreement than the astronaut clips."""
+    faces = fer_faces(fer_csv, 6 * (frames // 40 + 2))
+    rng = np.random.default_rng(3)
+    background = cv2.GaussianBlur(rng.integers(40, 110, (size[1], size[0]), np.uint8), (31, 31), 0)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    cell_w, cell_h = size[0] // 3, size[1] // 2
+    for index in range(frames):
+        frame = background.copy()
+        for slot in range(6):
+            if slot == 5 and index < 60:
+                continue
+            face = faces[slot + 6 * ((index + 7 * slot) // 40)]
+            side = int(100 + 8 * np.sin(index / 20 + slot))
+            scaled = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
+            x = (slot % 3) * cell_w + (cell_w - side) // 2 + int(15 * np.sin(index / 15 + slot))
+            y = (slot // 3) * cell_h + (cell_h - side) // 2 + int(8 * np.cos(index / 18 + slot))
+            _paste(frame, scaled, max(0, x), max(0, y))
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR))
+    writer.release()
+    return path
+
+
 def make_folder(path: Path, count: int = 100) -> Path:
     astronaut = _astronaut()
     rng = np.random.default_rng(1)

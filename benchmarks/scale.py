@@ -1,7 +1,8 @@
 """How fer-batch scales with worker processes, and where a worker's time goes.
 
     python benchmarks/scale.py                          # generated clip and photos, workers 1..cores
-    python benchmarks/scale.py --baseline 2851c84 --pairs 10   # also: an older commit's whole-command time
+    python benchmarks/scale.py --baseline e7c4846 --pairs 10   # also: against an older commit (see below)
+    python benchmarks/scale.py --baseline e7c4846 --baseline-only --fer fer2013.csv.gz   # only that
     python benchmarks/scale.py --workers 1 2 4 8 16 --separate 16
     python benchmarks/scale.py --media media/ --media-only      # write the media here, measure elsewhere
 
@@ -15,9 +16,11 @@ Prints JSON with:
   efficiency: frames/s over (cores x the one-thread worker's frames/s);
 - ``separate``: N independent processes at --threads 1, each labelling the clip: the machine's throughput ceiling
   that one command with N workers is compared with;
-- ``baseline``: with --baseline REV, the same clip through that commit's code (a git worktree), interleaved with
-  the current default run and with ``--int8``, and the speed-up ratios, on the clip and on a crowd clip (six
-  faces in every frame).
+- ``baseline``: with --baseline REV, whole commands on the clip, on a crowd clip (six faces in every frame) and
+  with --fer on a clip of six real FER-2013 test faces: that commit's code (a git worktree, its defaults) and this
+  code's default, ``--precision float`` and ``--detect-every 1``, interleaved; per variant the median time,
+  frames/s, the ratios to the previous release and to ``--precision float``, and how its CSV agrees with each of
+  theirs (faces matched by box, same label, probabilities, frames with a face, tracks).
 The clip is benchmarks/bench.py's: 640x360, 25 fps, 275 frames, two people, ~40 % empty frames; the crowd clip is
 its ``make_crowd_clip``: the same size and length, six heads in a 3x2 grid in every frame.
 """
@@ -64,8 +67,11 @@ def tree_rss(pid: int) -> int:
 def run_command(command: list[str], env: dict | None = None) -> tuple[float, int]:
     """Wall time and peak resident memory of the whole process tree of one command."""
     started = time.perf_counter()
+    # Run from the code's own folder: `python -m` puts the working directory first on sys.path, before PYTHONPATH,
+    # so another checkout there (this one, under --baseline) would be what runs.
+    cwd = (env or {}).get("PYTHONPATH")
     process = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
+                               stderr=subprocess.PIPE, cwd=cwd)
     peak = 0
     done = threading.Event()
 
@@ -87,8 +93,10 @@ def run_command(command: list[str], env: dict | None = None) -> tuple[float, int
 
 
 def label_command(inputs: list[str], output: Path, *options: str, python_path: Path = REPO) -> tuple[list, dict]:
-    return ([sys.executable, "-m", "fer_batch", "label", *inputs, "-o", str(output), "--force", "--quiet",
-             "--no-summary", *options], {"PYTHONPATH": str(python_path)})
+    """``fer-batch label`` of the code in ``python_path`` (run there, see run_command; give absolute paths)."""
+    return ([sys.executable, "-m", "fer_batch", "label", *[str(Path(i).resolve()) for i in inputs], "-o",
+             str(Path(output).resolve()), "--force", "--quiet", "--no-summary", *options],
+            {"PYTHONPATH": str(python_path)})
 
 
 def best(repeat: int, command: list[str], env: dict) -> tuple[float, int]:
@@ -104,7 +112,7 @@ def worker_profile(clip: Path) -> dict:
     from fer_batch.work import WorkUnit, analyse
 
     recognizer = EmotionRecognizer(threads=1)
-    unit = WorkUnit(0, (Source(clip, str(clip), "video"),))
+    unit = WorkUnit(0, (Source(clip, str(clip), "video"),), detect_every=LabelConfig.detect_every)  # as by default
     list(analyse(unit, recognizer, LabelConfig.batch))  # warm-up
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -141,6 +149,50 @@ def worker_profile(clip: Path) -> dict:
             "onnxruntime_share": round(onnx / total, 3), "everything_else_share": round(1 - onnx / total, 3)}
 
 
+# --baseline's variants: name -> label options (the previous release runs with none, from its own code).
+VARIANTS = {"default": (), "float": ("--precision", "float"), "full_detection": ("--detect-every", "1")}
+
+
+def baseline(rev: str, clips: dict[str, Path], work: Path, pairs: int) -> dict:
+    """Whole-command time of ``rev``'s code (a git worktree) and of this code's VARIANTS on each clip, interleaved
+    run by run so drifting load hits all alike; medians, frames/s and ratios; and how each variant's CSV agrees
+    with the previous release's and with ``--precision float``'s (benchmarks/compare_runs.py)."""
+    from compare_runs import compare, read
+
+    old = work / "baseline"
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-f", str(old), rev],
+                   check=True, capture_output=True)
+    results: dict = {"rev": rev, "pairs": pairs, "variants": {"previous": f"{rev}, its defaults",
+                                                               **{k: " ".join(v) or "defaults"
+                                                                  for k, v in VARIANTS.items()}}}
+    try:
+        for name, video in clips.items():
+            times: dict[str, list[float]] = {"previous": [], **{k: [] for k in VARIANTS}}
+            for _ in range(pairs):
+                times["previous"].append(run_command(*label_command([str(video)], work / f"{name}-previous.csv",
+                                                                    python_path=old))[0])
+                for variant, options in VARIANTS.items():
+                    times[variant].append(run_command(*label_command([str(video)], work / f"{name}-{variant}.csv",
+                                                                     *options))[0])
+            medians = {k: statistics.median(v) for k, v in times.items()}
+            frames = int(read(work / f"{name}-previous.csv")[-1]["frame"]) + 1
+            previous, floats = read(work / f"{name}-previous.csv"), read(work / f"{name}-float.csv")
+            clip_results = {}
+            for variant, seconds in times.items():
+                rows = read(work / f"{name}-{variant}.csv")
+                clip_results[variant] = {
+                    "median_s": round(medians[variant], 2), "frames_per_s": round(frames / medians[variant], 1),
+                    "speedup_vs_previous": round(medians["previous"] / medians[variant], 2),
+                    "speedup_vs_float": round(medians["float"] / medians[variant], 2),
+                    "times_s": [round(t, 2) for t in seconds],
+                    "vs_previous": compare(previous, rows), "vs_float": compare(floats, rows)}
+                print("baseline", name, variant, json.dumps(clip_results[variant]), file=sys.stderr)
+            results[name] = clip_results
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old)], capture_output=True)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, nargs="+", help="worker counts (default: 1, 2, 4, ... up to cores)")
@@ -148,7 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--photos", type=int, default=60, help="photos in the generated folder")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--baseline", metavar="REV", help="compare whole-command time with this commit")
-    parser.add_argument("--pairs", type=int, default=5, help="interleaved old/new runs for --baseline")
+    parser.add_argument("--pairs", type=int, default=5, help="interleaved runs of each variant for --baseline")
+    parser.add_argument("--baseline-only", action="store_true", help="with --baseline: only that comparison")
+    parser.add_argument("--fer", type=Path, metavar="FER2013_CSV",
+                        help="with --baseline: also a clip of six real FER-2013 test faces (bench.make_fer_clip)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--media", type=Path, metavar="DIR",
                         help="use clip.mp4, crowd.mp4 and photos/ in DIR, writing those missing (default: a new "
@@ -156,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--media-only", action="store_true", help="write the media into --media DIR and exit")
     args = parser.parse_args(argv)
 
-    from bench import make_clip, make_crowd_clip, make_folder
+    from bench import make_clip, make_crowd_clip, make_fer_clip, make_folder
 
     from fer_batch.system import available_cores, describe_hardware
 
@@ -173,7 +228,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.media_only:
         print(f"wrote the clip, the crowd clip and {args.photos} photos to {media}")
         return 0
+    clips = {"clip": clip, "crowd": crowd}
+    if args.fer:
+        fer = media / "fer.mp4"
+        clips["fer"] = fer if fer.is_file() else make_fer_clip(fer, args.fer)
     results: dict = {"machine": describe_hardware(), "clip": "640x360, 275 frames", "photos": args.photos}
+    if args.baseline_only:
+        results["baseline"] = baseline(args.baseline, clips, work, args.pairs)
+        print(json.dumps(results, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+        return 0
     results["worker_profile"] = worker_profile(clip)
     print(json.dumps(results["worker_profile"], indent=2), file=sys.stderr)
 
@@ -202,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = [label_command([str(clip)], work / f"sep{i}.csv", "--workers", "1", "--threads", "1")
                 for i in range(separate)]
     started = time.perf_counter()
-    processes = [subprocess.Popen(c, env={**os.environ, **e}, stderr=subprocess.DEVNULL) for c, e in commands]
+    processes = [subprocess.Popen(c, env={**os.environ, **e}, stderr=subprocess.DEVNULL, cwd=e["PYTHONPATH"])
+                 for c, e in commands]
     for process in processes:
         process.wait()
     seconds = time.perf_counter() - started
@@ -212,26 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                                                results["separate"]["frames_per_s"], 2)
 
     if args.baseline:
-        old = work / "baseline"
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-f", str(old), args.baseline],
-                       check=True, capture_output=True)
-        try:
-            results["baseline"] = {"rev": args.baseline}
-            for name, video in (("clip", clip), ("crowd", crowd)):
-                old_times, new_times, int8_times = [], [], []
-                for _ in range(args.pairs):  # interleaved, so drifting load hits all alike
-                    old_times.append(run_command(*label_command([str(video)], work / "old.csv", python_path=old))[0])
-                    new_times.append(run_command(*label_command([str(video)], work / "new.csv"))[0])
-                    int8_times.append(run_command(*label_command([str(video)], work / "int8.csv", "--int8"))[0])
-                old_median = statistics.median(old_times)
-                results["baseline"][name] = {
-                    "old_s": [round(t, 2) for t in old_times], "new_s": [round(t, 2) for t in new_times],
-                    "int8_s": [round(t, 2) for t in int8_times],
-                    "median_speedup": round(old_median / statistics.median(new_times), 2),
-                    "median_speedup_int8": round(old_median / statistics.median(int8_times), 2)}
-                print("baseline", name, results["baseline"][name], file=sys.stderr)
-        finally:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old)], capture_output=True)
+        results["baseline"] = baseline(args.baseline, clips, work, args.pairs)
     print(json.dumps(results, indent=2))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

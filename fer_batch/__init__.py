@@ -6,9 +6,10 @@
 """
 
 from fer_batch.classify import EmotionClassifier
+from fer_batch.config import LabelConfig
 from fer_batch.labels import EMOTIONS
 from fer_batch.recognizer import EmotionRecognizer, Face
-from fer_batch.runner import LabelConfig, RunSummary, label_files
+from fer_batch.runner import RunSummary, label_files
 
 __all__ = ["EMOTIONS", "EmotionClassifier", "EmotionRecognizer", "Face", "LabelConfig", "RunSummary", "label_files"]
 __version__ = "0.2.0"

@@ -6,6 +6,8 @@ import argparse
 import sys
 
 from fer_batch.annotate import CODECS
+from fer_batch.classify import PRECISIONS
+from fer_batch.config import LabelConfig
 from fer_batch.detect import DETECTORS
 
 
@@ -50,15 +52,23 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--detector", choices=DETECTORS, default="retinaface",
                        help="retinaface (default): accurate, with landmarks; haar: OpenCV's cascade; none: each "
                             "image is one pre-cropped face")
-    label.add_argument("--model", help="an emotion ONNX model with fer-batch metadata (default: the bundled one)")
-    label.add_argument("--int8", action="store_true",
-                       help="the bundled model's INT8 copy: the same accuracy on FER-2013, a faster classifier on "
-                            "AVX2 CPUs (see README, Speed); probabilities differ from the float model's by ~0.01")
+    label.add_argument("--model", help="an emotion ONNX model with fer-batch metadata, used as given (default: the "
+                                       "bundled one, in --precision)")
+    label.add_argument("--precision", choices=PRECISIONS, default=None,
+                       help="which copy of the bundled model: int8 (default): its INT8 copy, as accurate on "
+                            "FER-2013 and a faster classifier; float: the float model (probabilities differ by "
+                            "~0.005 on average). Not with --model, whose file is used as given")
+    label.add_argument("--int8", action="store_true", help=argparse.SUPPRESS)  # removed in 0.3: see _label
     label.add_argument("--align", action=argparse.BooleanOptionalAction, default=False,
                        help="level the eyes on RetinaFace's five landmarks before classifying (default: off; "
                             "the box crop measured 2.4 points more accurate on FER-2013 faces, see README)")
     label.add_argument("--every", type=_positive_int, default=1, metavar="N",
                        help="analyse every Nth video frame (default 1: all)")
+    label.add_argument("--detect-every", type=_positive_int, default=LabelConfig.detect_every, metavar="N",
+                       help=f"videos: search the whole frame for faces every Nth analysed frame and in frames "
+                            f"without faces, and in between only around the faces of the frame before, so a face "
+                            f"that appears beside others is found within N frames (default {LabelConfig.detect_every}; "
+                            f"1: the whole frame every time, as for images)")
     label.add_argument("--min-face", type=float, default=20.0, metavar="PX",
                        help="ignore faces smaller than PX pixels (default 20)")
     label.add_argument("--face-threshold", type=_probability, default=0.8, metavar="P",
@@ -74,9 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "workers, or one per batch when one process runs a batch per core; giving N runs one "
                             "batch at a time with N threads)")
     label.add_argument("--stall-timeout", type=float, default=300.0, metavar="SECONDS",
-                       help="with 2 or more workers: stop a worker whose file sends no result for this long (a "
-                            "decoder stuck on a broken file), retry once, then write an error row (default 300; 0: "
-                            "never)")
+                       help="with 2 or more workers or --engine ray: stop a worker whose file sends no result for "
+                            "this long (a decoder stuck on a broken file), retry once, then write an error row "
+                            "(default 300; 0: never)")
     label.add_argument("--engine", choices=("local", "ray"), default="local",
                        help="local (default): this machine; ray: a Ray cluster through Ray Data (pip install "
                             "'fer-batch[ray]'; inputs must be readable at the same path on every node)")
@@ -171,8 +181,9 @@ def _report(args) -> int:
 
 
 def _label(args) -> int:
+    from fer_batch.config import UsageError
     from fer_batch.onnx import ModelError
-    from fer_batch.runner import LabelConfig, UsageError, label_files
+    from fer_batch.runner import label_files
     from fer_batch.writer import OutputError
 
     if args.smooth < 0:
@@ -184,7 +195,12 @@ def _label(args) -> int:
     if args.resume and args.force:
         print("fer-batch: error: --resume and --force contradict each other; pick one", file=sys.stderr)
         return 2
-    config = LabelConfig(model=args.model, int8=args.int8, detector=args.detector, align=args.align, every=args.every,
+    if args.int8:
+        print("fer-batch: error: --int8 is gone: the bundled model's INT8 copy is the default now (--precision "
+              "float for the float model)", file=sys.stderr)
+        return 2
+    config = LabelConfig(model=args.model, precision=args.precision, detector=args.detector, align=args.align,
+                         every=args.every, detect_every=args.detect_every,
                          min_face=args.min_face, face_threshold=args.face_threshold, detect_size=args.detect_size,
                          threads=args.threads, workers=args.workers, engine=args.engine,
                          ray_address=args.ray_address, stall_timeout=args.stall_timeout, batch=args.batch,

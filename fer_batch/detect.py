@@ -109,25 +109,132 @@ class RetinaFaceDetector:
         return results  # type: ignore[return-value]
 
     def _decode(self, loc, conf, landmarks, size, width, height) -> Detections:
+        boxes, scores, points = self._candidates(loc, conf, landmarks, size)
+        if not len(scores):
+            return Detections.empty()
+        # Back to the original image's pixels (priors are in units of the network input).
+        to_pixels = np.array([width, height], np.float32)
+        return self._select(boxes * np.tile(to_pixels, 2), scores, points * to_pixels, width, height)
+
+    def _candidates(self, loc, conf, landmarks, size) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Boxes (x1 y1 x2 y2), scores and landmarks of the anchors above the threshold, in units of the input
+        ``size``, before non-maximum suppression."""
         scores = conf[:, 1]
         keep = scores > self.threshold
         if not keep.any():
-            return Detections.empty()
+            return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32)
         priors = _priors(size[0], size[1], self.STEPS, self.MIN_SIZES)[keep]
         loc, landmarks, scores = loc[keep], landmarks[keep], scores[keep]
         centers = priors[:, :2] + loc[:, :2] * self.VARIANCE[0] * priors[:, 2:]
         sides = priors[:, 2:] * np.exp(loc[:, 2:] * self.VARIANCE[1])
-        # Back to the original image's pixels (priors are in units of the network input).
-        to_pixels = np.array([width, height], np.float32)
-        boxes = np.concatenate([centers - sides / 2, centers + sides / 2], axis=1) * np.tile(to_pixels, 2)
+        boxes = np.concatenate([centers - sides / 2, centers + sides / 2], axis=1)
         points = (priors[:, None, :2] + landmarks.reshape(-1, 5, 2) * self.VARIANCE[0] * priors[:, None, 2:])
-        points = points * to_pixels
+        return boxes, scores, points
+
+    def _select(self, boxes, scores, points, width, height) -> Detections:
+        """Non-maximum suppression of candidates in the image's pixels, then clipping, min_face and order."""
         xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
         chosen = cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), self.threshold, self.nms_threshold)
         chosen = np.asarray(chosen, dtype=np.int64).reshape(-1)
         detections = Detections(boxes[chosen].astype(np.float32), scores[chosen].astype(np.float32),
                                 points[chosen].astype(np.float32))
         return _finish(detections, width, height, self.min_face)
+
+    def detect_around(self, image_bgr: np.ndarray, boxes: np.ndarray, timings: dict | None = None) -> Detections:
+        """Faces in regions around ``boxes`` (x1 y1 x2 y2, this image's pixels; e.g. the faces of the frame
+        before) instead of in the whole image; faces elsewhere are not looked for.
+
+        Each region is the box grown by REGION_MARGIN of its size on every side, in the image as the whole-image
+        detector sees it (shrunk to ``max_side``), with its corners on the detector's coarsest anchor grid
+        (REGION_GRID px), so its anchors are the whole image's: a face inside a region is found with nearly the
+        same box and score as in the whole image. Regions are grown to one size, to run in one batch; where they
+        would cover most of the image, the whole image is searched instead."""
+        height, width = image_bgr.shape[:2]
+        if len(boxes) == 0:
+            return Detections.empty()
+        scale = self._scale_for(width, height)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        to_size = np.array([size[0] / width, size[1] / height] * 2)
+        regions = _regions(np.asarray(boxes, np.float64) * to_size, size, REGION_MARGIN, REGION_GRID)
+        if sum((x2 - x1) * (y2 - y1) for x1, y1, x2, y2 in regions) >= REGION_MAX_SHARE * size[0] * size[1]:
+            return self.detect_batch([image_bgr], timings)[0]
+        image = image_bgr if size == (width, height) else cv2.resize(image_bgr, size, interpolation=cv2.INTER_AREA)
+        region_size = (regions[0][2] - regions[0][0], regions[0][3] - regions[0][1])  # one size: one batch
+        batch = self.preprocess([self._crop(image, x, y, region_size) for x, y, _, _ in regions], region_size)
+        started = time.perf_counter()
+        loc, conf, landmarks = self.session.run(None, {self.input_name: batch})
+        if timings is not None:
+            timings["detect_onnx"] = timings.get("detect_onnx", 0.0) + time.perf_counter() - started
+        to_pixels = np.array(region_size, np.float64)
+        back = np.array([width / size[0], height / size[1]])
+        found_boxes, found_scores, found_points = [], [], []
+        for row, (x, y, _, _) in enumerate(regions):
+            candidates, scores, points = self._candidates(loc[row], conf[row], landmarks[row], region_size)
+            # Region input units -> the shrunk image's pixels -> the original image's pixels.
+            origin = np.array([x, y], np.float64)
+            found_boxes.append((candidates * np.tile(to_pixels, 2) + np.tile(origin, 2)) * np.tile(back, 2))
+            found_points.append((points * to_pixels + origin) * back)
+            found_scores.append(scores)
+        scores = np.concatenate(found_scores)
+        if not len(scores):
+            return Detections.empty()
+        # A face in two overlapping regions is found twice: non-maximum suppression keeps one.
+        return self._select(np.concatenate(found_boxes).astype(np.float32), scores,
+                            np.concatenate(found_points).astype(np.float32), width, height)
+
+    def _crop(self, image: np.ndarray, x: int, y: int, size: tuple[int, int]) -> np.ndarray:
+        """The ``size`` (w, h) region at x, y; what lies past the image's edge is the mean colour, which the
+        network sees as zero, as it pads the whole image."""
+        crop = image[y:y + size[1], x:x + size[0]]
+        if crop.shape[:2] == (size[1], size[0]):
+            return crop
+        return cv2.copyMakeBorder(crop, 0, size[1] - crop.shape[0], 0, size[0] - crop.shape[1], cv2.BORDER_CONSTANT,
+                                  value=self.MEAN_BGR.tolist())
+
+    def detect_sequence(self, images_bgr: list[np.ndarray], timings: dict | None = None) -> list[Detections]:
+        """Faces in consecutive video frames: the first frame in full, each later one around the faces of the
+        frame before (:meth:`detect_around`), or in full when that frame had none. So faces are followed from
+        frame to frame, and a face appearing in a frame without faces is found at once; one appearing beside
+        others waits for the next sequence (the caller chooses its length)."""
+        results: list[Detections] = []
+        for image in images_bgr:
+            if results and len(results[-1]):
+                results.append(self.detect_around(image, results[-1].boxes, timings))
+            else:
+                results.append(self.detect_batch([image], timings)[0])
+        return results
+
+
+# Regions around known faces (RetinaFaceDetector.detect_around): grown by this share of the face's size on every
+# side (room for the face to move and for the context the detector looks at), on this grid (the largest anchor
+# stride, so a region's anchors are the whole image's); when they would cover this share of the image, the whole
+# image is searched instead (as fast, and exact).
+REGION_MARGIN = 0.5
+REGION_GRID = 32
+REGION_MAX_SHARE = 0.75
+
+
+def _regions(boxes: np.ndarray, size: tuple[int, int], margin: float, grid: int) -> list[tuple[int, int, int, int]]:
+    """Integer regions x1 y1 x2 y2 around ``boxes`` (pixels of an image of ``size``), all of one size (one batch):
+    each box grown by ``margin`` of its larger side on every side, its corners moved outwards onto the ``grid``
+    and clipped to the image; then each grown to the largest one's size, on the grid, moved back into the image
+    as far as the grid allows. A region may still reach up to a grid step past the image's right or bottom edge
+    (or further, were it larger than the image): that part is padded as the network pads the whole image."""
+    width, height = size
+    regions = []
+    for x1, y1, x2, y2 in boxes:
+        grow = margin * max(x2 - x1, y2 - y1)
+        regions.append((max(0, math.floor((x1 - grow) / grid) * grid), max(0, math.floor((y1 - grow) / grid) * grid),
+                        min(width, math.ceil((x2 + grow) / grid) * grid),
+                        min(height, math.ceil((y2 + grow) / grid) * grid)))
+    common_w = max(r[2] - r[0] for r in regions)
+    common_h = max(r[3] - r[1] for r in regions)
+    fitted = set()
+    for x1, y1, _, _ in regions:
+        x = max(0, min(x1, math.ceil((width - common_w) / grid) * grid))
+        y = max(0, min(y1, math.ceil((height - common_h) / grid) * grid))
+        fitted.add((x, y, x + common_w, y + common_h))
+    return sorted(fitted)
 
 
 @lru_cache(maxsize=16)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_batch.classify import EmotionClassifier, default_model_path
+from fer_batch.classify import EmotionClassifier, resolve_model
 from fer_batch.crop import crop_face, to_grey
 from fer_batch.detect import Detections, HaarDetector, WholeImageDetector, make_detector
 from fer_batch.labels import EMOTIONS
@@ -39,18 +39,16 @@ class Face:
 class EmotionRecognizer:
     """Face detection + FER-2013 emotion classification, all in onnxruntime.
 
-    >>> recognizer = EmotionRecognizer()            # bundled model, RetinaFace
+    >>> recognizer = EmotionRecognizer()            # bundled model (its INT8 copy), RetinaFace
     >>> faces = recognizer.predict(cv2.imread("photo.jpg"))
     >>> [(f.label, round(f.confidence, 2), f.box) for f in faces]
     """
 
     def __init__(self, model: str | Path | None = None, detector: str = "retinaface", align: bool = False,
                  face_threshold: float = 0.8, min_face: float = 20.0, detect_size: int = 640, threads: int = 0,
-                 providers: list[str] | None = None, int8: bool = False):
-        if int8 and model:
-            raise ValueError("int8 picks the bundled model's INT8 copy; give it or a model, not both")
-        self.classifier = EmotionClassifier(model or default_model_path(int8=int8), threads=threads,
-                                            providers=providers)
+                 providers: list[str] | None = None, precision: str | None = None):
+        # model: a file used as given; else the bundled model in precision ("int8", the default, or "float").
+        self.classifier = EmotionClassifier(resolve_model(model, precision), threads=threads, providers=providers)
         self.detector = make_detector(detector, threshold=face_threshold, min_face=min_face, max_side=detect_size,
                                       threads=threads, providers=providers)
         self.align = align
@@ -67,10 +65,21 @@ class EmotionRecognizer:
 
         ``timings``, when given, accumulates seconds per stage: ``detect`` (of which ``detect_onnx`` inside
         onnxruntime), ``crop``, ``classify`` (of which ``classify_onnx``)."""
+        return self._predict(images_bgr, self.detector.detect_batch, timings)
+
+    def predict_frames(self, frames_bgr: list[np.ndarray], timings: dict | None = None) -> list[list[Face]]:
+        """Faces in consecutive frames of one video, detected the cheaper way where the detector has one
+        (RetinaFace: the first frame in full, each later one only around the faces of the frame before, see
+        :meth:`RetinaFaceDetector.detect_sequence`); otherwise as :meth:`predict_batch`. A face that appears beside
+        others is found in the next call, so the frames of one call are a short stretch (``--detect-every``)."""
+        detect = getattr(self.detector, "detect_sequence", self.detector.detect_batch)
+        return self._predict(frames_bgr, detect, timings)
+
+    def _predict(self, images_bgr: list[np.ndarray], detect, timings: dict | None) -> list[list[Face]]:
         clock = time.perf_counter
         started = clock()
         images_bgr = [_as_bgr(image) for image in images_bgr]
-        detections = self.detector.detect_batch(images_bgr, timings)
+        detections = detect(images_bgr, timings)
         detected = clock()
         crops = [self.crops(image, found) for image, found in zip(images_bgr, detections)]
         cropped = clock()

@@ -283,6 +283,10 @@ def _run_section(info: dict | None) -> str:
             value = info[key]
             text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
             rows.append(f"<tr><th>{escape(label)}</th><td>{escape(text)}</td></tr>")
+    model = info.get("model")
+    if isinstance(model, dict) and model.get("path"):  # the file the run labelled with, and its precision
+        text = Path(str(model["path"])).name + (f" ({model['precision']})" if model.get("precision") else "")
+        rows.append(f"<tr><th>model</th><td>{escape(text)}</td></tr>")
     html = ['<h2 id="run">Run</h2><div class="columns"><div><table>', *rows, "</table></div>"]
     for key, title in (("settings", "Settings"), ("versions", "Versions")):
         if isinstance(info.get(key), dict) and info[key]:

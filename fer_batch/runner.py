@@ -21,53 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_batch.classify import PRECISIONS, resolve_model
+from fer_batch.config import ENGINES, LabelConfig, UsageError  # the last two also for library callers
 from fer_batch.labels import EMOTIONS
 from fer_batch.sources import Source, discover
 from fer_batch.track import Smoother, Tracker
 from fer_batch.work import ItemResult, WorkUnit
 from fer_batch.writer import CsvSink, Row
-
-ENGINES = ("local", "ray")
-
-
-class UsageError(Exception):
-    """Bad arguments: a missing input, nothing to label, and the like (exit status 2)."""
-
-
-@dataclass
-class LabelConfig:
-    model: str | None = None  # None: the bundled models/emotion.onnx
-    int8: bool = False  # with model None: the bundled model's INT8 copy (models/emotion-int8.onnx)
-    detector: str = "retinaface"
-    align: bool = False  # level the eyes on the landmarks (measured less accurate than the box crop)
-    every: int = 1  # analyse every Nth video frame
-    min_face: float = 20.0  # px, in the original image
-    face_threshold: float = 0.8
-    detect_size: int = 640  # the detector sees images shrunk to this long side
-    threads: int = 0  # onnxruntime threads per model and worker; 0 = the cores divided among the workers
-    workers: int = 0  # worker processes; 0 = auto (the cores this process may use); 1 = in this process
-    lanes: int = 0  # model batches one process runs at once; 0 = auto (in_process_lanes, or 1 with threads given)
-    engine: str = "local"  # "local" (this machine) or "ray" (a Ray cluster, through Ray Data)
-    ray_address: str | None = None  # a running Ray cluster (default: RAY_ADDRESS, else a local one)
-    stall_timeout: float = 300.0  # seconds a worker's unit may send nothing before the worker is stopped; 0: never
-    providers: list[str] | None = None
-    resume: bool = False
-    force: bool = False
-    progress: bool = True
-    batch: int = 4  # items per detector/classifier call (4 measured 2-4 % faster than 8 on 2 cores)
-    prefetch: int = 16  # decoded items waiting for the models
-    smooth: float = 0.0  # seconds of exponential smoothing along each track (0: raw probabilities)
-    track_gap: float = 1.0  # seconds a track survives without a detection
-    annotate: str | None = None  # folder for annotated copies and timeline plots
-    summary: bool = True  # write OUT.summary.csv next to the CSV
-    annotate_codec: str = "h264"  # codec of annotated videos
-    report: str | None = None  # write an HTML report here after the run
-
-    def recognizer_options(self, threads: int | None = None) -> dict:
-        """EmotionRecognizer's keyword arguments (picklable, for worker processes and Ray actors)."""
-        return dict(model=self.model, int8=self.int8, detector=self.detector, align=self.align,
-                    face_threshold=self.face_threshold, min_face=self.min_face, detect_size=self.detect_size,
-                    threads=self.threads if threads is None else threads, providers=self.providers)
 
 
 @dataclass
@@ -162,10 +122,13 @@ def label_files(inputs: list[str], output: str | Path, config: LabelConfig | Non
     missing = [given for given in inputs if not Path(given).exists()]
     if missing:
         raise UsageError(f"no such file or folder: {', '.join(missing)}")
-    if config.every < 1:
-        raise UsageError("--every must be 1 or more")
-    if config.int8 and config.model:
-        raise UsageError("--int8 picks the bundled model's INT8 copy; it cannot go with --model")
+    if config.every < 1 or config.detect_every < 1:
+        raise UsageError("--every and --detect-every must be 1 or more")
+    if config.model and config.precision:
+        raise UsageError("--precision picks a copy of the bundled model; a --model file is used as given, so give "
+                         "one or the other")
+    if config.precision not in (None, *PRECISIONS):
+        raise UsageError(f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}")
     if config.engine not in ENGINES:
         raise UsageError(f"unknown engine {config.engine!r}; choose one of {', '.join(ENGINES)}")
     summary = RunSummary(engine=config.engine)
@@ -176,7 +139,7 @@ def label_files(inputs: list[str], output: str | Path, config: LabelConfig | Non
             raise UsageError(f"no images or videos found in {', '.join(inputs)}")
         # While the workers load their models: read every video's packet index (to plan its ranges) and what
         # OUT.run.json records, so nothing of that waits for the workers or delays the first unit.
-        ranges = {source.name: list(_video_ranges(source, config.every, summary.workers))
+        ranges = {source.name: list(_video_ranges(source, config.every, summary.workers, config.detect_every))
                   for source in sources if source.kind == "video"}
         _environment()
         wait_ready = getattr(engine, "wait_ready", None)
@@ -317,8 +280,10 @@ def plan(sources: list[Source], done: set[tuple[str, str]], config: LabelConfig,
             continue
         skip = frozenset(frames_done.get(source.name, ()))
         video_ranges = (ranges or {}).get(source.name)
-        for start, stop, expected, last, index in video_ranges or _video_ranges(source, config.every, workers):
+        for start, stop, expected, last, index in video_ranges or _video_ranges(source, config.every, workers,
+                                                                                config.detect_every):
             unit = WorkUnit(len(units), (source,), start=start, stop=stop, every=config.every,
+                            detect_every=config.detect_every if config.detector == "retinaface" else 1,
                             skip=frozenset(f for f in skip if start <= f < (stop if stop is not None else math.inf)),
                             expected=expected, last=last, index=index)
             if unit.planned_items() > 0 or not skip:
@@ -327,8 +292,11 @@ def plan(sources: list[Source], done: set[tuple[str, str]], config: LabelConfig,
     return units
 
 
-def _video_ranges(source: Source, every: int, workers: int) -> Iterator[tuple[int, int | None, int, bool, object]]:
-    """(start, stop, expected frames, last, index window or None) for the units of one video."""
+def _video_ranges(source: Source, every: int, workers: int, detect_every: int = 1
+                  ) -> Iterator[tuple[int, int | None, int, bool, object]]:
+    """(start, stop, expected frames, last, index window or None) for the units of one video. Ranges start at
+    keyframes, or else at the first frame of a detection window (a multiple of ``every * detect_every``), so
+    that every range starts a window (``WorkUnit.starts_window``)."""
     from fer_batch.sources import InputError
     from fer_batch.video import VideoReader
 
@@ -347,7 +315,9 @@ def _video_ranges(source: Source, every: int, workers: int) -> Iterator[tuple[in
         target = starts[-1] + size
         # Start at a keyframe near the target (no frames decoded twice) unless that makes ranges too uneven.
         near = [k for k in keyframes if target - size // 2 <= k <= target + size // 2 and k > starts[-1]]
-        starts.append(min(near, key=lambda k: abs(k - target)) if near else target)
+        span = every * detect_every
+        aligned = target // span * span if target // span * span > starts[-1] else -(-target // span) * span
+        starts.append(min(near, key=lambda k: abs(k - target)) if near else aligned)
     for position, start in enumerate(starts):
         last = position == len(starts) - 1
         stop = count if last else starts[position + 1]
@@ -402,12 +372,10 @@ def _write(results: list[ItemResult], sink: CsvSink, summary: RunSummary, config
 
 @functools.lru_cache(maxsize=1)
 def _environment() -> dict:
-    """Versions, the CPU and the bundled model's path: what OUT.run.json records of the machine (read once)."""
-    from fer_batch.classify import default_model_path
+    """Versions and the CPU: what OUT.run.json records of the machine (read once)."""
     from fer_batch.system import describe_hardware, versions
 
-    return {"versions": versions(), "machine": describe_hardware(), "model": str(default_model_path()),
-            "model_int8": str(default_model_path(int8=True))}
+    return {"versions": versions(), "machine": describe_hardware()}
 
 
 def _write_run_info(output, inputs: list[str], config: LabelConfig, summary: RunSummary, started_at: datetime,
@@ -417,11 +385,13 @@ def _write_run_info(output, inputs: list[str], config: LabelConfig, summary: Run
 
     path = path or run_info_path(output)
     environment = _environment()
-    model = str(config.model or environment["model_int8" if config.int8 else "model"])
+    # The file this run's workers load (each resolves the bundled one in its own installation, alike).
+    model = {"path": str(resolve_model(config.model, config.precision)),
+             "precision": "as given" if config.model else config.precision or PRECISIONS[0]}
     info = {
         "fer_batch": environment["versions"]["fer_batch"], "inputs": list(inputs),
         "settings": {k: v for k, v in asdict(config).items() if k not in ("progress",)},
-        "versions": environment["versions"], "model": {"path": model},
+        "versions": environment["versions"], "model": model,
         "machine": environment["machine"], "started": started_at.isoformat(timespec="seconds"),
         "finished": finished_at.isoformat(timespec="seconds") if finished_at else None,
         "elapsed_s": round(summary.elapsed, 3), "items": summary.items, "faces": summary.faces,

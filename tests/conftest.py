@@ -121,12 +121,12 @@ _STORE_ROTATED = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROT
 
 def write_av_video(path: Path, frames, times_s=None, fps: float = 25.0, rotation: int = 0, audio: str | None = "aac",
                    bframes: int = 2, codec: str = "libx264", audio_seconds: float | None = None,
-                   pix_fmt: str = "yuv420p") -> Path:
+                   pix_fmt: str = "yuv420p", gop: int = 12) -> Path:
     """Write upright BGR ``frames`` with PyAV the way phones and cameras do: H.264 with B-frames, each frame at
     its own time (``times_s``: variable frame rate; default 1/fps apart), stored sideways with a display-rotation
     tag (``rotation``: degrees counter-clockwise a player turns it), and a 440 Hz tone as audio (``audio``: an
     FFmpeg encoder such as "aac", "libopus", "pcm_s16le" in .mov/.mkv; None for a silent video). Odd sizes need
-    ``pix_fmt="yuv444p"`` (4:2:0 needs even ones)."""
+    ``pix_fmt="yuv444p"`` (4:2:0 needs even ones); ``gop``: frames from one keyframe to the next (H.264)."""
     import fractions
 
     import av
@@ -138,7 +138,7 @@ def write_av_video(path: Path, frames, times_s=None, fps: float = 25.0, rotation
     if rotation % 180:
         width, height = height, width
     with av.open(str(path), "w") as output:
-        options = {"bf": str(bframes), "g": "12", "preset": "veryfast"} if codec == "libx264" else {}
+        options = {"bf": str(bframes), "g": str(gop), "preset": "veryfast"} if codec == "libx264" else {}
         video = output.add_stream(codec, rate=fractions.Fraction(fps).limit_denominator(1001), options=options)
         video.width, video.height, video.pix_fmt = width, height, pix_fmt
         video.time_base = time_base  # both, or PyAV 18 fails with "pts < dts"

@@ -237,34 +237,82 @@ def test_works_from_any_folder_with_the_bundled_model(tmp_path, astronaut_jpg):
     assert read_csv(tmp_path / "out.csv")[0]["source"] == "a.jpg"
 
 
-def test_int8_labels_like_the_float_model_and_is_the_bundled_models_own_copy(tmp_path, astronaut_jpg):
+def test_precision_int8_is_the_default_labels_like_float_and_every_run_names_its_model(tmp_path, astronaut_jpg):
     import hashlib
 
     from fer_batch.classify import META_TRAINING, EmotionClassifier, default_model_path
 
-    int8 = default_model_path(int8=True)
+    int8, float_model = default_model_path("int8"), default_model_path("float")
+    assert default_model_path() == int8 and int8.name == "emotion-int8.onnx" and float_model.name == "emotion.onnx"
     training = json.loads(EmotionClassifier(int8).session.get_modelmeta().custom_metadata_map[META_TRAINING])
     # Quantized from the float model shipped beside it: re-run `fer-train quantize` whenever that one changes.
-    assert training["int8_quantization"]["source_sha256"] == hashlib.sha256(
-        default_model_path().read_bytes()).hexdigest()
+    assert training["int8_quantization"]["source_sha256"] == hashlib.sha256(float_model.read_bytes()).hexdigest()
     rows = {}
-    for name, extra in (("float", ()), ("int8", ("--int8",))):
+    for name, extra, path, precision in (("default", (), int8, "int8"),
+                                         ("float", ("--precision", "float"), float_model, "float"),
+                                         ("int8", ("--precision", "int8"), int8, "int8"),
+                                         ("given", ("--model", str(float_model)), float_model, "as given")):
         out = tmp_path / f"{name}.csv"
-        run_cli("label", str(astronaut_jpg), "-o", str(out), "--quiet", *extra, check=True)
+        run_cli("label", str(astronaut_jpg), "-o", str(out), "--quiet", "--report", str(tmp_path / f"{name}.html"),
+                *extra, check=True)
         rows[name] = read_csv(out)
         info = json.loads(out.with_suffix(".run.json").read_text())
-        assert info["settings"]["int8"] == bool(extra) and info["model"]["path"] == str(
-            int8 if extra else default_model_path())
-    # Worker processes (and Ray actors) resolve the INT8 copy themselves from the same option.
-    run_cli("label", str(astronaut_jpg), "-o", str(tmp_path / "w.csv"), "--quiet", "--int8", "--workers", "2",
-            check=True)
-    assert read_csv(tmp_path / "w.csv") == rows["int8"]
+        assert info["model"] == {"path": str(path), "precision": precision}
+        assert f"<th>model</th><td>{path.name} ({precision})</td>" in (tmp_path / f"{name}.html").read_text()
+    assert rows["default"] == rows["int8"] and rows["given"] == rows["float"]
+    # Worker processes (and Ray actors) resolve the bundled copy themselves from the same option.
+    for extra in ((), ("--precision", "float")):
+        out = tmp_path / "workers.csv"
+        run_cli("label", str(astronaut_jpg), "-o", str(out), "--quiet", "--force", "--workers", "2", *extra,
+                check=True)
+        assert read_csv(out) == rows["float" if extra else "default"]
     assert len(rows["float"]) == len(rows["int8"]) == 1
     float_row, int8_row = rows["float"][0], rows["int8"][0]
     assert int8_row["emotion"] == float_row["emotion"] and int8_row["x"] == float_row["x"]
     assert max(abs(float(int8_row[e]) - float(float_row[e])) for e in EMOTIONS) < 0.05
-    result = run_cli("label", str(astronaut_jpg), "-o", str(tmp_path / "x.csv"), "--int8", "--model", str(int8))
-    assert result.returncode == 2 and "--int8" in result.stderr
+    # A model file has its own precision; --int8 is gone (0.3) with a message that says what replaced it.
+    for extra, word in ((("--precision", "float", "--model", str(int8)), "--precision"), (("--int8",), "--int8")):
+        result = run_cli("label", str(astronaut_jpg), "-o", str(tmp_path / "x.csv"), *extra)
+        assert result.returncode == 2 and word in result.stderr and not (tmp_path / "x.csv").exists()
+
+
+def test_recognizer_takes_a_precision_or_a_model_not_both(astronaut):
+    from fer_batch import EmotionRecognizer
+    from fer_batch.classify import default_model_path
+
+    default, float_model = EmotionRecognizer(threads=1), EmotionRecognizer(threads=1, precision="float")
+    assert default.classifier.path == default_model_path("int8")
+    assert float_model.classifier.path == default_model_path("float")
+    assert default.predict(astronaut)[0].label == float_model.predict(astronaut)[0].label
+    with pytest.raises(ValueError, match="precision 'float'"):
+        EmotionRecognizer(model=default_model_path("float"), precision="float")
+    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+        EmotionRecognizer(precision="fp16")
+
+
+def test_detect_every_searches_videos_around_known_faces_and_images_in_full(tmp_path, face_video, astronaut_jpg):
+    from fer_batch.config import LabelConfig
+
+    rows = {}
+    for every in (1, LabelConfig.detect_every):
+        out = tmp_path / f"every{every}.csv"
+        extra = ("--detect-every", "1") if every == 1 else ()  # the default otherwise
+        run_cli("label", str(face_video), str(astronaut_jpg), "-o", str(out), "--quiet", *extra, check=True)
+        rows[every] = read_csv(out)
+        assert json.loads(out.with_suffix(".run.json").read_text())["settings"]["detect_every"] == every
+    full, windows = rows[1], rows[LabelConfig.detect_every]
+    assert LabelConfig.detect_every > 1
+    key = ("source", "frame", "status", "face", "track", "emotion")
+    assert [tuple(r[k] for k in key) for r in windows] == [tuple(r[k] for k in key) for r in full]
+    for a, b in zip(windows, full):
+        check_row(a)
+        if a["source"].endswith(".jpg"):
+            assert a == b  # images: the whole image, always
+        elif a["status"] == "ok":
+            assert all(abs(int(a[k]) - int(b[k])) <= 6 for k in ("x", "y", "w", "h"))
+    assert any(a != b for a, b in zip(windows, full) if a["status"] == "ok")  # found around the faces before
+    result = run_cli("label", str(face_video), "-o", str(tmp_path / "x.csv"), "--detect-every", "0")
+    assert result.returncode == 2 and "--detect-every" in result.stderr
 
 
 def test_import_does_not_pull_in_tensorflow():

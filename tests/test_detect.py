@@ -1,4 +1,6 @@
-"""fer_batch/detect.py: RetinaFace and Haar find the astronaut's face where it is; shapes at the edges."""
+"""fer_batch/detect.py: RetinaFace and Haar find the astronaut's face where it is; shapes at the edges; RetinaFace
+around known faces finds them as the whole-image search does, and a sequence of frames is searched in full only
+where it must be."""
 
 from __future__ import annotations
 
@@ -7,7 +9,15 @@ import numpy as np
 import pytest
 from conftest import ASTRONAUT_FACE
 
-from fer_batch.detect import Detections, HaarDetector, RetinaFaceDetector, WholeImageDetector, make_detector
+from fer_batch.detect import (
+    REGION_GRID,
+    Detections,
+    HaarDetector,
+    RetinaFaceDetector,
+    WholeImageDetector,
+    _regions,
+    make_detector,
+)
 
 
 def iou(a, b) -> float:
@@ -71,3 +81,67 @@ def test_make_detector_rejects_unknown():
     with pytest.raises(ValueError, match="unknown detector 'mtcnn'"):
         make_detector("mtcnn")
     assert len(Detections.empty()) == 0
+
+
+def crowd(astronaut, count: int = 2, size=(640, 360)) -> np.ndarray:
+    """``count`` astronaut heads (95 px faces) side by side on a grey frame."""
+    frame = np.full((size[1], size[0], 3), 50, np.uint8)
+    head = cv2.resize(astronaut[20:300, 120:340], None, fx=0.6, fy=0.6)
+    for index in range(count):
+        frame[20:20 + head.shape[0], 10 + 200 * index:10 + 200 * index + head.shape[1]] = head
+    return frame
+
+
+def test_regions_sit_on_the_anchor_grid_inside_the_image_and_share_a_size():
+    boxes = np.array([[100, 40, 160, 110], [300, 200, 340, 250], [600, 300, 640, 360]], np.float64)
+    regions = _regions(boxes, (640, 360), 0.5, REGION_GRID)
+    assert len({(x2 - x1, y2 - y1) for x1, y1, x2, y2 in regions}) == 1  # one batch
+    for x1, y1, x2, y2 in regions:
+        assert x1 % REGION_GRID == 0 and y1 % REGION_GRID == 0 and 0 <= x1 < 640 and 0 <= y1 < 360
+        assert x2 < 640 + REGION_GRID and y2 < 360 + REGION_GRID  # past the edge by less than a grid step (padded)
+    for box in boxes:  # each box with its margin lies inside some region
+        grow = 0.5 * max(box[2] - box[0], box[3] - box[1])
+        assert any(r[0] <= max(0, box[0] - grow) and r[1] <= max(0, box[1] - grow) and
+                   r[2] >= min(640, box[2] + grow) and r[3] >= min(360, box[3] + grow) for r in regions)
+
+
+def test_detect_around_finds_known_faces_as_the_whole_image_search_does(retinaface, astronaut):
+    frame = crowd(astronaut)
+    whole = retinaface.detect(frame)
+    assert len(whole) == 2
+    moved = np.roll(frame, 6, axis=1)  # the next frame: both faces 6 px to the right
+    around, full = retinaface.detect_around(moved, whole.boxes), retinaface.detect(moved)
+    assert len(around) == 2
+    for a, b in zip(around.boxes, full.boxes):
+        assert iou(a, b) > 0.9
+    np.testing.assert_allclose(around.scores, full.scores, atol=0.02)
+    assert np.abs(around.landmarks - full.landmarks).max() < 4
+    # Only around the faces given: the second face is not looked for, and nothing given finds nothing.
+    assert len(retinaface.detect_around(moved, whole.boxes[:1])) == 1
+    assert len(retinaface.detect_around(moved, np.zeros((0, 4)))) == 0
+    # In a big image the regions are taken where the detector looks (shrunk to 640): boxes in its own pixels.
+    big = cv2.resize(moved, (1280, 720))
+    scaled = retinaface.detect_around(big, whole.boxes * 2)
+    assert len(scaled) == 2 and all(iou(a / 2, b) > 0.9 for a, b in zip(scaled.boxes, full.boxes))
+
+
+def test_regions_covering_most_of_the_frame_search_it_whole(retinaface, astronaut):
+    frame = crowd(astronaut, 3)
+    whole = retinaface.detect(frame)
+    assert len(whole) == 3
+    huge = np.array([[0, 0, 300, 300], [320, 0, 620, 300]], np.float32)  # regions would cover nearly all of it
+    found = retinaface.detect_around(frame, huge)
+    np.testing.assert_array_equal(found.boxes, whole.boxes)  # the whole-image search, exactly
+
+
+def test_sequence_searches_in_full_first_and_after_frames_without_faces(retinaface, astronaut):
+    one, two, empty = crowd(astronaut, 1), crowd(astronaut, 2), np.full((360, 640, 3), 50, np.uint8)
+    # A face appearing beside a known one waits for the next whole-frame search (the next sequence) ...
+    found = retinaface.detect_sequence([one, two, two])
+    assert [len(d) for d in found] == [1, 1, 1]
+    np.testing.assert_array_equal(found[0].boxes, retinaface.detect(one).boxes)
+    # ... but one appearing in a frame after a frame without faces is found at once, as are lost ones.
+    found = retinaface.detect_sequence([empty, two, empty, one])
+    assert [len(d) for d in found] == [0, 2, 0, 1]
+    np.testing.assert_array_equal(found[1].boxes, retinaface.detect(two).boxes)
+    assert retinaface.detect_sequence([]) == []

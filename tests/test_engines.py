@@ -262,3 +262,69 @@ def test_ctrl_c_stops_a_one_process_run_with_lanes(media, tmp_path):
     assert time.monotonic() - started < 1.5
     assert "--resume" in process.stderr.read()
     assert out.read_bytes().endswith(b"\n")
+
+
+def test_detection_windows_find_the_same_faces_however_a_video_is_split(media):
+    """With --detect-every, a unit that starts inside a detection window (a Ray piece, a worker's retry after a
+    crash) or has frames already written (--resume) gives exactly the faces the whole video gives in one unit."""
+    from dataclasses import replace
+
+    from fer_batch.recognizer import EmotionRecognizer
+    from fer_batch.work import WorkUnit, analyse
+
+    recognizer = EmotionRecognizer(threads=1)
+    sources, _ = discover([str(media)])
+    talk = next(s for s in sources if s.name.endswith("talk.mp4"))
+    with VideoReader(talk.path) as reader:
+        index = reader.index
+    whole = WorkUnit(0, (talk,), expected=96, index=index, detect_every=8)
+
+    def run(*units: WorkUnit) -> list:
+        return [r for unit in units for batch in analyse(unit, recognizer, batch=4, lanes=2) for r in batch]
+
+    def assert_same(results: list, expected: list) -> None:
+        assert [(r.frame, r.faces) for r in results] == [(r.frame, r.faces) for r in expected]
+        for a, b in zip(results, expected):
+            np.testing.assert_array_equal(a.boxes, b.boxes)
+            np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-6)
+
+    one = run(whole)
+    assert [r.frame for r in one] == list(range(96))
+    for starts in ((0, 13, 50, 83), (0, 5, 37)):  # 13, 50, 83, 5, 37: inside windows (keyframes every 12)
+        bounds = [*starts, None]
+        units = [replace(whole, start=a, stop=b, last=b is None) for a, b in zip(bounds, bounds[1:])]
+        assert_same(run(*units), one)
+    written = frozenset(range(0, 30)) | {45, 46, 47, 61}
+    assert_same(run(replace(whole, skip=written)), [r for r in one if r.frame not in written])
+    # Between whole-frame searches faces are found around the ones before: boxes a little apart, the same frames
+    # with a face and the same labels.
+    full = run(replace(whole, detect_every=1))
+    assert [r.faces for r in full] == [r.faces for r in one] and sum(r.faces for r in one) >= 50
+    assert any((a.boxes != b.boxes).any() for a, b in zip(one, full) if a.faces)  # the cheaper search ran
+    for a, b in zip(one, full):
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=6)
+        assert (a.probabilities.argmax(1) == b.probabilities.argmax(1)).all()
+
+
+def test_video_ranges_start_detection_windows(media, astronaut, tmp_path):
+    """Ranges start at keyframes, or - in a video with few - at the first frame of a detection window: each range
+    starts a window, so nothing is analysed twice and the split gives the faces one unit gives."""
+    from fer_batch.recognizer import EmotionRecognizer
+    from fer_batch.work import analyse
+
+    write_av_video(tmp_path / "long-gop.mp4", moving_face_frames(astronaut, 80, blank_every=0), gop=250, audio=None)
+    sources, _ = discover([str(media), str(tmp_path / "long-gop.mp4")])
+    for workers in (2, 3, 5):
+        units = plan(sources, set(), LabelConfig(), workers=workers)
+        videos = [u for u in units if u.is_video]
+        assert len(videos) > 4 and all(u.detect_every == LabelConfig.detect_every for u in videos)
+        assert all(u.window_start() == u.start for u in videos)
+    long_gop = [u for u in units if u.sources[0].name.endswith("long-gop.mp4")]
+    assert len(long_gop) > 1 and all(u.start % LabelConfig.detect_every == 0 for u in long_gop)
+    recognizer = EmotionRecognizer(threads=1)
+    split = [r for unit in long_gop for batch in analyse(unit, recognizer) for r in batch]
+    one = [r for u in plan(sources[-1:], set(), LabelConfig(), workers=1) for batch in analyse(u, recognizer)
+           for r in batch]
+    assert [(r.frame, r.faces) for r in split] == [(r.frame, r.faces) for r in one] and len(one) == 80
+    assert all((a.boxes == b.boxes).all() for a, b in zip(split, one))
+    assert all(u.detect_every == 1 for u in plan(sources, set(), LabelConfig(detector="haar"), workers=2))
