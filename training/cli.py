@@ -35,7 +35,18 @@ def _add_recipe_options(parser, defaults) -> None:
     parser.add_argument("--warmup-epochs", type=int, help=f"default {defaults.warmup_epochs}")
     parser.add_argument("--weight-decay", type=float, help=f"default {defaults.weight_decay}")
     parser.add_argument("--label-smoothing", type=float, help=f"default {defaults.label_smoothing}")
-    parser.add_argument("--class-weights", action="store_true", help="weight classes by inverse frequency")
+    parser.add_argument("--class-weights", action="store_true",
+                        help="weight classes by inverse frequency of the targets' top classes")
+    parser.add_argument("--class-weight-power", type=float,
+                        help=f"with --class-weights: weight = (1 / frequency) ** POWER (default "
+                             f"{defaults.class_weight_power}; 0.5 softens it)")
+    parser.add_argument("--init", metavar="MODEL.onnx",
+                        help="start from an exported fer-batch model's weights (e.g. models/emotion.onnx): its "
+                             "architecture is rebuilt from its metadata and checked against it on real faces")
+    parser.add_argument("--select", choices=("fer", "ferplus"),
+                        help="how PublicTest chooses the checkpoint: fer = accuracy on FER's labels; ferplus = the "
+                             "mean of accuracy and mean per-class recall on FER+'s majority labels (needs "
+                             f"--ferplus-votes) (default {defaults.select})")
     parser.add_argument("--patience", type=int, help=f"early-stopping patience in epochs (default {defaults.patience})")
     parser.add_argument("--seed", type=int, help=f"random seed (default {defaults.seed})")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"),
@@ -62,7 +73,8 @@ def _recipe(args, **extra):
         "learning_rate": args.lr, "warmup_epochs": args.warmup_epochs, "weight_decay": args.weight_decay,
         "label_smoothing": args.label_smoothing, "patience": args.patience, "seed": args.seed,
         "precision": args.precision, "ferplus": args.ferplus, "ferplus_votes": args.ferplus_votes,
-        "ferplus_weight": args.ferplus_weight,
+        "ferplus_weight": args.ferplus_weight, "class_weight_power": args.class_weight_power,
+        "init": args.init, "select": args.select,
         "widths": tuple(int(w) for w in args.widths.split(",")) if args.widths else None,
         **extra,
     }.items() if value is not None}
@@ -261,8 +273,9 @@ def _add_export(commands) -> None:
     parser.add_argument("--data", default=DEFAULT_DATA,
                         help="images for the parity check and the summary's PublicTest score "
                              f"(default: {DEFAULT_DATA}; synthetic faces if absent)")
-    parser.add_argument("--tta-flip", action="store_true",
-                        help="bake mirror averaging into the graph (each face classified as it is and mirrored)")
+    parser.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
+                        help="bake mirror averaging into the graph (each face classified as it is and mirrored); "
+                             "default: as the model the run started from (--init), else off")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     parser.set_defaults(run=_export)
 
@@ -304,6 +317,74 @@ def _quantize(args) -> int:
     return 0
 
 
+def _add_finetune(commands) -> None:
+    from fer_batch.detect import DETECTORS
+    from training.finetune import FinetuneConfig
+
+    defaults = FinetuneConfig(photos="", out="")
+    parser = commands.add_parser(
+        "finetune", help="fine-tune a model on your own photos, one folder per emotion",
+        description="PHOTOS holds one folder per emotion (angry, disgust, fear, happy, sad, surprise, neutral; any "
+                    "case), each with photos in any format fer-batch reads. The largest face of each photo is found "
+                    "and cut as `fer-batch label` does; photos without a face, or unreadable, are listed in "
+                    "RUN/photos.csv and on stderr. A share of each emotion's faces is held out to choose the epoch; "
+                    "per-class accuracy on it is printed before and after. The run folder is a training run like "
+                    "any other: `fer-train export RUN -o my.onnx`, then `fer-batch label --model my.onnx`.")
+    parser.add_argument("photos", metavar="PHOTOS", help="folder with one sub-folder of photos per emotion")
+    parser.add_argument("--out", required=True, help="run folder to create")
+    parser.add_argument("--init", metavar="MODEL.onnx",
+                        help="the fer-batch model to start from (default: the bundled float model)")
+    parser.add_argument("--fer2013", metavar="FILE",
+                        help="FER-2013 (fer2013.csv[.gz], an image-folder root or a `fer-train pack` file): mix its "
+                             "Training faces in, so the model keeps more of what it knew (default: off, the photos "
+                             "alone)")
+    parser.add_argument("--fer2013-per-photo", type=float, default=defaults.fer2013_per_photo, metavar="N",
+                        help=f"with --fer2013: FER-2013 faces per training photo (default "
+                             f"{defaults.fer2013_per_photo:g})")
+    parser.add_argument("--validation", type=float, default=defaults.validation_share, metavar="SHARE",
+                        help=f"share of each emotion's faces held out to choose the epoch, seeded (default "
+                             f"{defaults.validation_share:g}; at least one of an emotion with two or more)")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help=f"default {defaults.epochs}")
+    parser.add_argument("--lr", type=float, default=defaults.learning_rate,
+                        help=f"Adam's learning rate, cosine-decayed to zero over the epochs (default "
+                             f"{defaults.learning_rate:g})")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help=f"default {defaults.batch_size} (or the number of training faces, if fewer)")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help=f"default {defaults.seed}")
+    detection = parser.add_argument_group("face detection (as `fer-batch label`'s options)")
+    detection.add_argument("--detector", choices=DETECTORS, default=defaults.detector.detector,
+                           help="retinaface (default); haar; none: each photo is one pre-cropped face")
+    detection.add_argument("--face-threshold", type=float, default=defaults.detector.face_threshold, metavar="P",
+                           help=f"default {defaults.detector.face_threshold}")
+    detection.add_argument("--min-face", type=float, default=defaults.detector.min_face, metavar="PX",
+                           help=f"default {defaults.detector.min_face:g}")
+    detection.add_argument("--detect-size", type=int, default=defaults.detector.detect_size, metavar="PX",
+                           help=f"default {defaults.detector.detect_size}")
+    parser.set_defaults(run=_finetune)
+
+
+def _finetune(args) -> int:
+    from fer_batch.config import LabelConfig
+    from training.finetune import FinetuneConfig, finetune
+
+    detector = LabelConfig(detector=args.detector, face_threshold=args.face_threshold, min_face=args.min_face,
+                           detect_size=args.detect_size)
+    config = FinetuneConfig(photos=args.photos, out=args.out, init=args.init, fer2013=args.fer2013,
+                            fer2013_per_photo=args.fer2013_per_photo, validation_share=args.validation,
+                            epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size, seed=args.seed,
+                            detector=detector)
+    report = finetune(config, command=args.command_line)
+    print(f"accuracy per class on the {report['validation_faces']} held-out photos, before (the starting model) "
+          f"and after (the chosen epoch):")
+    print(report["table"])
+    if report["accuracy_after"] <= report["accuracy_before"]:
+        print(f"fer-train finetune: the fine-tuned model is no better than {report['init']} on the held-out photos",
+              file=sys.stderr)
+    print(f"next: fer-train export {args.out} -o my.onnx --data {Path(args.out) / 'faces.npz'}; then "
+          f"fer-batch label PHOTOS -o out.csv --model my.onnx", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = argparse.ArgumentParser(prog="fer-train", description=__doc__)
@@ -316,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_quantize(commands)
     _add_priors(commands)
     _add_pack(commands)
+    _add_finetune(commands)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.command_line = shlex.join(["fer-train", *argv])  # recorded in the run's state.json

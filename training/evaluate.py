@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_batch.labels import EMOTIONS
+from training.metrics import per_class_recall
 
 
 @dataclass
@@ -24,13 +25,19 @@ class Report:
     support: list[int]
     confusion: list[list[int]]  # rows: true label, columns: predicted
     tta_flip: bool
+    labels: str = "FER-2013"  # which label set: FER-2013's own, or FER+'s majority (see FERPLUS_DEFINITION)
+    mean_recall: float = 0.0  # mean of the per-class recalls over the classes with faces
 
     def format(self) -> str:
         """Plain text: the accuracy line first (``accuracy 0.xxxx``), then per-class metrics and the matrix."""
+        neutral = self.recall[EMOTIONS.index("neutral")]
         lines = [f"accuracy {self.accuracy:.4f}",
-                 f"{self.split}: {self.count} faces, model {self.model}" + (" (+ flip averaging)" if self.tta_flip
-                                                                           else ""),
-                 "", f"{'class':<10}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
+                 f"mean per-class recall {self.mean_recall:.4f}, neutral recall {neutral:.4f}",
+                 f"{self.split}: {self.count} faces, {self.labels} labels, model {self.model}" +
+                 (" (+ flip averaging)" if self.tta_flip else "")]
+        if self.labels != "FER-2013":
+            lines.append(FERPLUS_DEFINITION)
+        lines += ["", f"{'class':<10}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
         for name, p, r, f, n in zip(EMOTIONS, self.precision, self.recall, self.f1, self.support):
             lines.append(f"{name:<10}{p:>10.4f}{r:>10.4f}{f:>10.4f}{n:>10d}")
         lines += ["", "confusion matrix (rows: true, columns: predicted)",
@@ -38,6 +45,10 @@ class Report:
         for name, row in zip(EMOTIONS, self.confusion):
             lines.append(f"{name:<10}" + "".join(f"{v:>9d}" for v in row))
         return "\n".join(lines)
+
+
+FERPLUS_DEFINITION = ("FER+ majority label: the single most-voted of fer2013new.csv's ten columns; faces where that is "
+                      "contempt, unknown or NF, or where two columns tie, are left out")
 
 
 def metrics(labels: np.ndarray, predicted: np.ndarray, num_classes: int = len(EMOTIONS)) -> dict:
@@ -72,7 +83,8 @@ def evaluate(model: str | Path, data: str | Path, split: str = "PrivateTest", fe
     images, labels = load(data, ferplus).split(split)
     predicted = predict_split(classifier, images, tta_flip).argmax(axis=1)
     report = Report(model=str(model), data=str(data), split=split, count=len(labels), tta_flip=tta_flip,
-                    **metrics(labels, predicted))
+                    labels="FER+ majority" if ferplus else "FER-2013",
+                    mean_recall=float(np.nanmean(per_class_recall(labels, predicted))), **metrics(labels, predicted))
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

@@ -77,6 +77,10 @@ def training_summary(path: Path, model) -> dict:
                        train_seconds=round(float(state.get("train_seconds", 0))),
                        hardware=state.get("hardware") or describe_hardware(), sessions=state.get("sessions", []),
                        architecture={"arch": config.arch, "widths": list(config.widths)})
+        if state.get("best_scores"):
+            summary["public_test_scores"] = state["best_scores"]
+        if state.get("init"):  # the model it started from, with that model's own history: the chain of runs
+            summary["started_from"] = state["init"]
     if (run / "teachers.npz").exists():
         from training.targets import TeacherTargets
 
@@ -121,18 +125,27 @@ def check_parity(model, onnx_path: Path, images: np.ndarray) -> float:
     return difference
 
 
-def export(model: str | Path, output: str | Path, data: str | Path | None = None, tta_flip: bool = False,
+def export(model: str | Path, output: str | Path, data: str | Path | None = None, tta_flip: bool | None = None,
            opset: int = 17) -> dict:
-    """Convert a .keras model (or a run folder's best.keras) to ONNX at ``output``; returns the training summary."""
+    """Convert a .keras model (or a run folder's best.keras) to ONNX at ``output``; returns the training summary.
+    ``tta_flip`` None: as the model the run started from (``--init``), else off."""
+    import keras
     import onnx
     import tensorflow as tf
     import tf2onnx
 
     path = resolve_model_path(model)
-    keras_model = load_float32(path)
-    summary = training_summary(path, keras_model)
-    if tta_flip:
-        keras_model = with_flip_averaging(keras_model)
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")  # a process that trained in bf16 exports float32 all the same
+    try:
+        keras_model = load_float32(path)
+        summary = training_summary(path, keras_model)
+        if tta_flip is None:
+            tta_flip = bool(summary.get("started_from", {}).get("test_time_flip_averaging", False))
+        if tta_flip:
+            keras_model = with_flip_averaging(keras_model)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
     summary["test_time_flip_averaging"] = tta_flip
     height, width, channels = keras_model.input_shape[1:]
     signature = (tf.TensorSpec((None, height, width, channels), tf.float32, name="pixels"),)

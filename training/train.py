@@ -42,6 +42,9 @@ class TrainConfig:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
     class_weights: bool = False
+    class_weight_power: float = 1.0  # class weights = (class share of the targets' top classes) ** -power
+    init: str | None = None  # warm start: an exported fer-batch .onnx whose weights the run starts from
+    select: str = "fer"  # checkpoint choice on PublicTest: fer (FER labels' accuracy) or ferplus (see SELECTIONS)
     patience: int = 15  # epochs without a better PublicTest accuracy before stopping
     seed: int = 1337
     precision: str = "auto"  # auto, bf16 or fp32
@@ -71,6 +74,12 @@ class TrainConfig:
         values["widths"] = tuple(values.get("widths", (32, 64, 128, 256)))
         values["teachers"] = tuple(values.get("teachers", ()))
         return cls(**values)
+
+
+SELECTIONS = {
+    "fer": "accuracy on FER-2013's labels",
+    "ferplus": "mean of accuracy and mean per-class recall on FER+'s majority labels (needs FER+ votes)",
+}
 
 
 def cpu_has_bf16() -> bool:
@@ -134,15 +143,17 @@ def make_datasets(config: TrainConfig, dataset: fer_data.Dataset, run: Path):
 
     num_classes = len(fer_data.EMOTIONS)
     training = dataset.mask("Training")
-    train_x, labels = dataset.images[training], dataset.labels[training]
+    train_x = dataset.images[training]
     train_y = training_targets(config, dataset, run)
     val_x, val_y = dataset.split("PublicTest")
     weights = np.ones(num_classes, dtype=np.float32)
+    top = train_y.argmax(axis=1)  # each face's class as its targets say (FER+'s votes where they are mixed in)
     if config.class_weights:
-        counts = np.bincount(labels, minlength=num_classes).astype(np.float32)
-        weights = (counts.sum() / (num_classes * np.maximum(counts, 1))).astype(np.float32)
+        counts = np.bincount(top, minlength=num_classes).astype(np.float32)
+        weights = (counts.sum() / (num_classes * np.maximum(counts, 1))) ** config.class_weight_power
+        weights = (weights / weights[top].mean()).astype(np.float32)  # the mean sample weight stays 1
         log.info("class weights: %s", dict(zip(fer_data.EMOTIONS, np.round(weights, 3).tolist())))
-    sample_weights = weights[labels]
+    sample_weights = weights[top]
     steps = len(train_x) // config.batch_size
 
     class Batches(keras.utils.PyDataset):
@@ -220,10 +231,12 @@ def _make_run_callback(run: Path, config: TrainConfig, state: dict):
                    **{k: round(float(v), 5) for k, v in logs.items() if k != "learning_rate"}}
             _append_csv(run / "log.csv", row)
             val_accuracy = float(logs.get("val_accuracy", 0.0))
+            score = float(logs.get("selection", val_accuracy))  # what config.select chooses by
             state["epochs_done"] = epoch + 1
             state["train_seconds"] = state.get("train_seconds", 0.0) + row["seconds"]
-            if val_accuracy > state.get("best_val_accuracy", -1.0):
-                state.update(best_val_accuracy=val_accuracy, best_epoch=epoch + 1)
+            if score > state.get("best_selection", state.get("best_val_accuracy", -1.0)):
+                state.update(best_val_accuracy=val_accuracy, best_selection=score, best_epoch=epoch + 1,
+                             best_scores={k: round(float(v), 5) for k, v in logs.items() if k.startswith("public_")})
                 self.model.save(run / "best.keras.tmp.keras")  # replaced whole: a kill never leaves half a file
                 (run / "best.keras.tmp.keras").replace(run / "best.keras")
             # last.keras is written after best.keras and before state.json: a crash leaves a consistent pair.
@@ -239,6 +252,58 @@ def _make_run_callback(run: Path, config: TrainConfig, state: dict):
                 plot_curves(run / "log.csv", run / "curves.png")
 
     return RunFolder()
+
+
+def public_test_scores(probabilities: np.ndarray, fer_labels: np.ndarray, ferplus: np.ndarray | None) -> dict:
+    """PublicTest figures from a model's probabilities: FER accuracy, and where FER+ majority labels are given
+    (-1 where a face has none: see training.data.ferplus_labels) FER+ accuracy, per-class and neutral recall."""
+    from training.metrics import per_class_recall
+
+    predicted = probabilities.argmax(axis=1)
+    scores = {"public_fer_accuracy": float((predicted == fer_labels).mean())}
+    if ferplus is not None:
+        keep = ferplus >= 0
+        recall = per_class_recall(ferplus[keep], predicted[keep])
+        scores.update(public_ferplus_accuracy=float((predicted[keep] == ferplus[keep]).mean()),
+                      public_ferplus_mean_recall=float(np.nanmean(recall)),
+                      public_ferplus_neutral_recall=float(recall[fer_data.EMOTIONS.index("neutral")]))
+    return scores
+
+
+def selection_score(config: TrainConfig, scores: dict) -> float:
+    if config.select == "ferplus":
+        return (scores["public_ferplus_accuracy"] + scores["public_ferplus_mean_recall"]) / 2
+    return scores["public_fer_accuracy"]
+
+
+def _make_scores_callback(config: TrainConfig, dataset: fer_data.Dataset):
+    """Per epoch, before the run folder's callback: PublicTest's FER and FER+ figures into the logs (log.csv), and
+    the score that chooses the checkpoint (``selection``)."""
+    import keras
+
+    images, fer_labels = dataset.split("PublicTest")
+    ferplus = None
+    if dataset.ferplus_votes is not None:
+        ferplus, _ = fer_data.ferplus_labels(dataset.votes("PublicTest"))
+    elif config.select == "ferplus":
+        raise ValueError("--select ferplus needs FER+ votes: give --ferplus-votes fer2013new.csv")
+    batch = images.astype(np.float32)[..., None]
+
+    class Scores(keras.callbacks.Callback):
+        def score(self) -> dict:
+            probabilities = np.asarray(self.model.predict(batch, batch_size=512, verbose=0), np.float32)
+            scores = public_test_scores(probabilities, fer_labels, ferplus)
+            return {**scores, "selection": selection_score(config, scores)}
+
+        def on_train_begin(self, logs=None):
+            log.info("PublicTest before this session: %s", ", ".join(
+                f"{key} {value:.4f}" for key, value in self.score().items()))
+
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is not None:
+                logs.update(self.score())
+
+    return Scores()
 
 
 def train(config: TrainConfig, resume: bool = False, command: str | None = None) -> Path:
@@ -290,6 +355,18 @@ def train(config: TrainConfig, resume: bool = False, command: str | None = None)
         from training.model import make_model
 
         model = make_model(arch=config.arch, widths=config.widths)
+        if config.init:
+            from training.warmstart import keras_from_onnx
+
+            rng = np.random.default_rng(config.seed)
+            faces = dataset.images[dataset.mask("Training")]
+            start = keras_from_onnx(config.init, faces[rng.permutation(len(faces))[:1024]])
+            if (start.arch, start.widths) != (config.arch, config.widths):
+                raise ValueError(f"{config.init}: a {start.arch} of widths {list(start.widths)}; this run asks for "
+                                 f"{config.arch} widths {list(config.widths)} (leave --widths out to keep the file's)")
+            model.set_weights(start.model.get_weights())
+            state["init"] = start.record()
+            _write_json(run / "state.json", state)
         optimizer = make_optimizer(config, steps)
     # On TensorFlow, XLA is slower than oneDNN on CPU (benchmarks/train_speed.py); JAX always compiles.
     model.compile(optimizer=optimizer,
@@ -299,7 +376,8 @@ def train(config: TrainConfig, resume: bool = False, command: str | None = None)
              model.count_params(), keras.backend.backend(), _accelerator() or "cpu", policy, steps)
     if state["epochs_done"] < config.epochs:
         model.fit(train_data, validation_data=val_data, epochs=config.epochs, initial_epoch=state["epochs_done"],
-                  callbacks=[_make_run_callback(run, config, state)], shuffle=False,
+                  callbacks=[_make_scores_callback(config, dataset), _make_run_callback(run, config, state)],
+                  shuffle=False,
                   verbose=1 if sys.stderr.isatty() else 2)
     state["finished"] = True
     _write_json(run / "state.json", state)
