@@ -12,7 +12,6 @@ otherwise idle machine.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
 
-    from bench import make_clip
+    from bench import emit, make_clip
 
     from fer_batch import EmotionRecognizer, LabelConfig, label_files
     from fer_batch.annotate import render
@@ -57,9 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                                       "encode_fps": round(frames / seconds, 1),
                                       "ratio": round((label_s + seconds) / label_s, 2),
                                       "cpu_ratio": round((label_cpu + cpu) / label_cpu, 2), "bytes": size}
-    print(json.dumps(results, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    emit(results, args.json)
     return 0
 
 

@@ -145,6 +145,13 @@ def _timed(run) -> float:
     return time.perf_counter() - started
 
 
+def emit(results: dict, path: Path | None) -> None:
+    """Print a benchmark's results as JSON, and write them to ``path`` (its --json) when given."""
+    print(json.dumps(results, indent=2))
+    if path:
+        path.write_text(json.dumps(results, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--video", type=Path, help="a video to measure (default: a generated 640x360 clip)")
@@ -208,9 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = best_of(args.repeat, lambda: classifier.predict(crops))
     results["classifier_faces_per_s"] = round(len(crops) / seconds)
 
-    print(json.dumps(results, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    emit(results, args.json)
     return 0
 
 

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
 
-    from bench import make_clip, make_crowd_clip, make_fer_clip
+    from bench import emit, make_clip, make_crowd_clip, make_fer_clip
     from compare_runs import compare, read
     from scale import label_command, run_command
 
@@ -68,9 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                        "vs_detect_every_1": compare(reference, read(work / f"{name}-{n}.csv"))}
             print(name, n, json.dumps(rows[n]), file=sys.stderr)
         results["clips"][name] = rows
-    print(json.dumps(results, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    emit(results, args.json)
     return 0
 
 

@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--media-only", action="store_true", help="write the media into --media DIR and exit")
     args = parser.parse_args(argv)
 
-    from bench import make_clip, make_crowd_clip, make_fer_clip, make_folder
+    from bench import emit, make_clip, make_crowd_clip, make_fer_clip, make_folder
 
     from fer_batch.system import available_cores, describe_hardware
 
@@ -235,9 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"machine": describe_hardware(), "clip": "640x360, 275 frames", "photos": args.photos}
     if args.baseline_only:
         results["baseline"] = baseline(args.baseline, clips, work, args.pairs)
-        print(json.dumps(results, indent=2))
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=2) + "\n")
+        emit(results, args.json)
         return 0
     results["worker_profile"] = worker_profile(clip)
     print(json.dumps(results["worker_profile"], indent=2), file=sys.stderr)
@@ -279,9 +277,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.baseline:
         results["baseline"] = baseline(args.baseline, clips, work, args.pairs)
-    print(json.dumps(results, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    emit(results, args.json)
     return 0
 
 

@@ -54,9 +54,6 @@ def render(model: Path, metrics: dict, without_flip: dict | None = None, speed: 
         f"| {e} | {p:.3f} | {r:.3f} | {f:.3f} | {n} |"
         for e, p, r, f, n in zip(EMOTIONS, metrics["precision"], metrics["recall"], metrics["f1"], metrics["support"]))
     hours = training.get("train_seconds", 0) / 3600
-    widths = "-".join(map(str, training.get("architecture", {}).get("widths", (32, 64, 128, 256))))
-    tta = "yes (each face is classified as it is and mirrored, and the two averaged)" \
-        if training.get("test_time_flip_averaging") else "no"
     return f"""# Model card: `models/emotion.onnx`
 
 Facial-expression classifier for 48x48 grey faces, trained by this repository's `training/` on FER-2013.
@@ -78,18 +75,7 @@ mini-Xception scores 65.5 %; the best published single networks reach about 73 %
   PrivateTest 3,589 for the figure above. Labels, in output order: {', '.join(EMOTIONS)} (FER's 0..6).
 - FER+ labels used: {'yes' if training.get('ferplus_labels') else 'no (original FER-2013 labels)'}.
 
-## Architecture
-
-VGG-style CNN: four stages of two 3x3 convolutions (batch norm, ReLU) of widths {widths}, each max-pooled,
-then dropout, a 256-unit dense layer with batch norm, dropout, and a 7-way softmax. Pixel scaling (1/255) is
-inside the graph.
-
-- Parameters: {training.get('parameters', 0):,}
-- FLOPs per face: {training.get('flops_per_face', 0) / 1e6:.0f} M (2 x multiply-accumulates of the conv and dense
-  layers) per pass; mirror averaging baked in: {tta}.
-- Input: float32 `[batch, 48, 48, 1]`, raw grey pixels 0..255, NHWC. Output: `probabilities`, `[batch, 7]`.
-- Metadata (`metadata_props`): `fer_batch.labels`, `fer_batch.input`, `fer_batch.output`, `fer_batch.training`.
-
+{_architecture(training)}
 ## Training recipe
 
 {training.get('recipe', 'unknown')}
@@ -113,6 +99,24 @@ Confusion matrix (rows: true label, columns: predicted):
 {LIMITS}"""
 
 
+def _architecture(training: dict) -> str:
+    widths = "-".join(map(str, training.get("architecture", {}).get("widths", (32, 64, 128, 256))))
+    tta = "yes (each face is classified as it is and mirrored, and the two averaged)" \
+        if training.get("test_time_flip_averaging") else "no"
+    return f"""## Architecture
+
+VGG-style CNN: four stages of two 3x3 convolutions (batch norm, ReLU) of widths {widths}, each max-pooled,
+then dropout, a 256-unit dense layer with batch norm, dropout, and a 7-way softmax. Pixel scaling (1/255) is
+inside the graph.
+
+- Parameters: {training.get('parameters', 0):,}
+- FLOPs per face: {training.get('flops_per_face', 0) / 1e6:.0f} M (2 x multiply-accumulates of the conv and dense
+  layers) per pass; mirror averaging baked in: {tta}.
+- Input: float32 `[batch, 48, 48, 1]`, raw grey pixels 0..255, NHWC. Output: `probabilities`, `[batch, 7]`.
+- Metadata (`metadata_props`): `fer_batch.labels`, `fer_batch.input`, `fer_batch.output`, `fer_batch.training`.
+"""
+
+
 def _mean_recall(metrics: dict) -> float:
     recalls = [r for r, n in zip(metrics["recall"], metrics["support"]) if n]
     return sum(recalls) / max(len(recalls), 1)
@@ -132,9 +136,6 @@ def _render_both(model: Path, fer: dict, ferplus: dict, without_flip: dict | Non
     metadata = {p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props}
     training = json.loads(metadata.get("fer_batch.training", "{}"))
     neutral = EMOTIONS.index("neutral")
-    widths = "-".join(map(str, training.get("architecture", {}).get("widths", (32, 64, 128, 256))))
-    tta = "yes (each face is classified as it is and mirrored, and the two averaged)" \
-        if training.get("test_time_flip_averaging") else "no"
     per_class = "\n".join(
         f"| {e} | {p:.3f} | {r:.3f} | {f:.3f} | {n} | {fr:.3f} | {fn} |"
         for e, p, r, f, n, fr, fn in zip(EMOTIONS, ferplus["precision"], ferplus["recall"], ferplus["f1"],
@@ -190,18 +191,7 @@ Confusion matrix, FER-2013's labels:
   PrivateTest for the figures above. FER+ (`fer2013new.csv`): ten annotators' votes per face. Labels, in output
   order: {', '.join(EMOTIONS)} (FER's 0..6; FER+'s contempt, unknown and not-a-face votes are dropped).
 
-## Architecture
-
-VGG-style CNN: four stages of two 3x3 convolutions (batch norm, ReLU) of widths {widths}, each max-pooled,
-then dropout, a 256-unit dense layer with batch norm, dropout, and a 7-way softmax. Pixel scaling (1/255) is
-inside the graph.
-
-- Parameters: {training.get('parameters', 0):,}
-- FLOPs per face: {training.get('flops_per_face', 0) / 1e6:.0f} M (2 x multiply-accumulates of the conv and dense
-  layers) per pass; mirror averaging baked in: {tta}.
-- Input: float32 `[batch, 48, 48, 1]`, raw grey pixels 0..255, NHWC. Output: `probabilities`, `[batch, 7]`.
-- Metadata (`metadata_props`): `fer_batch.labels`, `fer_batch.input`, `fer_batch.output`, `fer_batch.training`.
-
+{_architecture(training)}
 ## How it was trained: the chain of runs
 
 The shipped model is the checkpoint: each round starts from the previous `models/emotion.onnx` (`fer-train train
@@ -245,7 +235,7 @@ def _how_trained(training: dict, hours: float) -> str:
     for session in sessions:
         lines.append(f"- From epoch {session['from_epoch']}: `{session['command']}` — Keras on {session['backend']}, "
                      f"{session['device']}, {session['precision']}, {session['hardware']}.")
-    lines.append("- Then `fer-train export RUN -o models/emotion.onnx` (parity with Keras checked below 1e-4).")
+    lines.append("- Then `fer-train export RUN -o FILE.onnx` (parity with Keras checked below 1e-4).")
     return "\n".join(lines) + "\n"
 
 
