@@ -60,7 +60,8 @@ class Row:
 
 def _round_to_sum(probabilities: np.ndarray) -> np.ndarray:
     """Six-decimal probabilities that still sum to exactly 1 (the rounding remainder goes to the largest)."""
-    micro = np.round(np.asarray(probabilities, np.float64) / probabilities.sum() * 1_000_000).astype(np.int64)
+    values = np.asarray(probabilities, np.float64)  # summed in float64 too: float32 and float64 inputs round alike
+    micro = np.round(values / values.sum() * 1_000_000).astype(np.int64)
     micro[int(np.argmax(micro))] += 1_000_000 - micro.sum()
     return micro / 1_000_000
 

@@ -61,3 +61,14 @@ def test_resume_cuts_a_torn_last_line_and_refuses_foreign_files(tmp_path):
     blocker.write_text("x")
     with pytest.raises(OutputError, match="cannot write"):
         CsvSink(blocker / "out.csv")  # its folder would have to be a regular file
+
+
+def test_probabilities_round_alike_in_float32_and_float64():
+    """A track's first smoothed value (float64) is its raw value (float32): both must write the same six decimals."""
+    from fer_batch.writer import _round_to_sum
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (5000, 7)).astype(np.float32)
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    for single in probabilities:
+        assert np.array_equal(_round_to_sum(single), _round_to_sum(single.astype(np.float64)))
