@@ -81,7 +81,7 @@ def cut_evaluation_faces(images: np.ndarray, cache: Path) -> tuple[np.ndarray, n
 
 def scores(model: Path, crops: np.ndarray, ferplus: np.ndarray, fer: np.ndarray) -> dict:
     from fer_batch.classify import EmotionClassifier
-    from training.evaluate import per_class_recall
+    from training.metrics import per_class_recall
 
     predicted = EmotionClassifier(model).predict(crops).argmax(axis=1)
     keep = ferplus >= 0

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 
 from fer_batch.labels import EMOTIONS
-from training.metrics import per_class_recall
 
 
 @dataclass
@@ -65,6 +64,12 @@ def metrics(labels: np.ndarray, predicted: np.ndarray, num_classes: int = len(EM
             "support": confusion.sum(axis=1).tolist(), "confusion": confusion.tolist()}
 
 
+def mean_recall(metrics: dict) -> float:
+    """The mean of the per-class recalls of ``metrics`` (as ``metrics()`` returns them) over classes with faces."""
+    recalls = [recall for recall, faces in zip(metrics["recall"], metrics["support"]) if faces]
+    return sum(recalls) / max(len(recalls), 1)
+
+
 def predict_split(classifier, images: np.ndarray, tta_flip: bool = False) -> np.ndarray:
     """Probabilities for uint8 faces (N, 48, 48), optionally averaged with their mirror images."""
     probabilities = classifier.predict(images)
@@ -82,9 +87,10 @@ def evaluate(model: str | Path, data: str | Path, split: str = "PrivateTest", fe
     classifier = EmotionClassifier(model)
     images, labels = load(data, ferplus).split(split)
     predicted = predict_split(classifier, images, tta_flip).argmax(axis=1)
+    scores = metrics(labels, predicted)
     report = Report(model=str(model), data=str(data), split=split, count=len(labels), tta_flip=tta_flip,
                     labels="FER+ majority" if ferplus else "FER-2013",
-                    mean_recall=float(np.nanmean(per_class_recall(labels, predicted))), **metrics(labels, predicted))
+                    **scores, mean_recall=mean_recall(scores))
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

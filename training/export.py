@@ -129,23 +129,20 @@ def export(model: str | Path, output: str | Path, data: str | Path | None = None
            opset: int = 17) -> dict:
     """Convert a .keras model (or a run folder's best.keras) to ONNX at ``output``; returns the training summary.
     ``tta_flip`` None: as the model the run started from (``--init``), else off."""
-    import keras
     import onnx
     import tensorflow as tf
     import tf2onnx
 
+    from training.model import precision_policy
+
     path = resolve_model_path(model)
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")  # a process that trained in bf16 exports float32 all the same
-    try:
+    with precision_policy("float32"):  # a process that trained in bf16 exports float32 all the same
         keras_model = load_float32(path)
         summary = training_summary(path, keras_model)
         if tta_flip is None:
             tta_flip = bool(summary.get("started_from", {}).get("test_time_flip_averaging", False))
         if tta_flip:
             keras_model = with_flip_averaging(keras_model)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
     summary["test_time_flip_averaging"] = tta_flip
     height, width, channels = keras_model.input_shape[1:]
     signature = (tf.TensorSpec((None, height, width, channels), tf.float32, name="pixels"),)

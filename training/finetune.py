@@ -164,7 +164,7 @@ def fer2013_faces(data: str | Path, count: int, seed: int) -> tuple[np.ndarray, 
 
 def accuracy_table(labels: np.ndarray, before: np.ndarray, after: np.ndarray | None = None) -> str:
     """Per-class accuracy (recall) on the validation share, before and after, as aligned text."""
-    from training.evaluate import per_class_recall
+    from training.metrics import per_class_recall
 
     rows = [f"{'class':<10}{'photos':>7}{'before':>9}" + (f"{'after':>9}" if after is not None else "")]
     counts = np.bincount(labels, minlength=len(EMOTIONS))
@@ -240,13 +240,10 @@ def finetune(config: FinetuneConfig, command: str | None = None) -> dict:
         data=str(packed.resolve()), out=str(run), init=str(init.resolve()), epochs=config.epochs,
         batch_size=min(config.batch_size, training_faces), optimizer="adam", learning_rate=config.learning_rate,
         warmup_epochs=0, weight_decay=0.0, patience=config.epochs, seed=config.seed)
-    import keras
+    from training.model import precision_policy
 
-    policy = keras.mixed_precision.global_policy()
-    try:
+    with precision_policy():  # train() sets bf16 mixed precision where the CPU has it; later layers here as before
         train(train_config, command=command)
-    finally:  # train() sets bf16 mixed precision where the CPU has it; later layers here are built as before
-        keras.mixed_precision.set_global_policy(policy)
     # Mirror averaging as `fer-train export` will bake it in: as the model the run started from.
     flip = bool(json.loads((run / "state.json").read_text())["init"]["test_time_flip_averaging"])
     after = predict_run(run, faces[validation], flip).argmax(axis=1)
@@ -279,7 +276,7 @@ def predict_run(run: Path, faces: np.ndarray, flip: bool) -> np.ndarray:
 
 
 def _per_class(labels: np.ndarray, before: np.ndarray, after: np.ndarray) -> dict:
-    from training.evaluate import per_class_recall
+    from training.metrics import per_class_recall
 
     counts = np.bincount(labels, minlength=len(EMOTIONS))
     recall_before, recall_after = per_class_recall(labels, before), per_class_recall(labels, after)

@@ -6,6 +6,9 @@ file carries its own normalisation. They end in a softmax over the 7 FER emotion
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import keras
 from keras import layers
 
@@ -66,6 +69,19 @@ def _seed(input_shape, num_classes) -> keras.Model:
     x = layers.Dense(512, activation="relu")(x)
     outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name="fer_seed")
+
+
+@contextmanager
+def precision_policy(name: str | None = None) -> Iterator[None]:
+    """Keras' global precision policy set to ``name`` (None: left as it is) inside the block, and restored after it:
+    a process that trained in bf16 still builds float32 models to export or to warm-start from."""
+    previous = keras.mixed_precision.global_policy()
+    if name:
+        keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def count_flops(model: keras.Model) -> int:

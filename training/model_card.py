@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from fer_batch.labels import EMOTIONS
+from training.evaluate import mean_recall
 
 LIMITS = """\
 - **What it was trained on.** FER-2013: 48x48 grey faces gathered by Google image search for emotion keywords
@@ -117,11 +118,6 @@ inside the graph.
 """
 
 
-def _mean_recall(metrics: dict) -> float:
-    recalls = [r for r, n in zip(metrics["recall"], metrics["support"]) if n]
-    return sum(recalls) / max(len(recalls), 1)
-
-
 def _matrix(metrics: dict) -> str:
     header = " " * 10 + "".join(f"{e[:8]:>9}" for e in EMOTIONS)
     rows = "\n".join(f"{e:<10}" + "".join(f"{v:>9d}" for v in row) for e, row in zip(EMOTIONS, metrics["confusion"]))
@@ -154,8 +150,8 @@ FER-2013's PrivateTest split: 3,589 faces never used for training or for choosin
 | labels | faces | accuracy | mean per-class recall | neutral recall |
 | --- | --- | --- | --- | --- |
 | FER+ majority (what fer-batch is measured on) | {ferplus['count']} | **{ferplus['accuracy'] * 100:.2f} %** | \
-{_mean_recall(ferplus) * 100:.2f} % | {ferplus['recall'][neutral] * 100:.2f} % |
-| FER-2013's own | {fer['count']} | {fer['accuracy'] * 100:.2f} % | {_mean_recall(fer) * 100:.2f} % | \
+{mean_recall(ferplus) * 100:.2f} % | {ferplus['recall'][neutral] * 100:.2f} % |
+| FER-2013's own | {fer['count']} | {fer['accuracy'] * 100:.2f} % | {mean_recall(fer) * 100:.2f} % | \
 {fer['recall'][neutral] * 100:.2f} % |
 
 ```bash

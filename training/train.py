@@ -356,11 +356,11 @@ def train(config: TrainConfig, resume: bool = False, command: str | None = None)
 
         model = make_model(arch=config.arch, widths=config.widths)
         if config.init:
-            from training.warmstart import keras_from_onnx
+            from training.warmstart import CALIBRATION_FACES, keras_from_onnx
 
             rng = np.random.default_rng(config.seed)
             faces = dataset.images[dataset.mask("Training")]
-            start = keras_from_onnx(config.init, faces[rng.permutation(len(faces))[:1024]])
+            start = keras_from_onnx(config.init, faces[rng.permutation(len(faces))[:CALIBRATION_FACES]])
             if (start.arch, start.widths) != (config.arch, config.widths):
                 raise ValueError(f"{config.init}: a {start.arch} of widths {list(start.widths)}; this run asks for "
                                  f"{config.arch} widths {list(config.widths)} (leave --widths out to keep the file's)")

@@ -137,7 +137,7 @@ def keras_from_onnx(path: str | Path, faces: np.ndarray) -> WarmStart:
 
     from fer_batch.classify import META_TRAINING, EmotionClassifier
     from fer_batch.onnx import ModelError
-    from training.model import make_model
+    from training.model import make_model, precision_policy
 
     path = Path(path)
     if not path.is_file():
@@ -158,12 +158,8 @@ def keras_from_onnx(path: str | Path, faces: np.ndarray) -> WarmStart:
     flip = bool(training.get("test_time_flip_averaging", False))
     convs, (dense_kernel, head_scale, head_shift, logits_kernel, logits_bias) = _onnx_weights(path, proto.graph)
 
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")
-    try:
+    with precision_policy("float32"):
         model = make_model(arch=arch, widths=widths)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
     conv_layers = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     if len(conv_layers) != len(convs):
         raise WarmStartError(f"{path}: {len(convs)} convolutions in the file, {len(conv_layers)} in a vgg of widths "
@@ -191,13 +187,16 @@ def keras_from_onnx(path: str | Path, faces: np.ndarray) -> WarmStart:
     inputs = [layer.output for layer in conv_layers] + [head_dense.output]
     probe = keras.Model(model.input, inputs)
     calibration = faces[:CALIBRATION_FACES].astype(np.float32)[..., None]
-    # The inputs of batch norm k depend on the norms before it, so they are set one after another.
-    for index, norm in enumerate(norms):
-        outputs = probe.predict(calibration, batch_size=256, verbose=0)[index]
+    # First each norm computes scale * z + shift with neutral statistics (mean 0, variance 1 - epsilon), so the
+    # model is the file's and one pass gives every norm's input; then each takes its input's own statistics.
+    for norm, scale, shift in zip(norms, scales, shifts):
+        norm.set_weights([scale, shift, np.zeros_like(scale), np.full_like(scale, 1.0 - norm.epsilon)])
+    for norm, outputs, scale, shift in zip(norms, probe.predict(calibration, batch_size=256, verbose=0), scales,
+                                           shifts):
         axes = tuple(range(outputs.ndim - 1))
         mean, variance = outputs.mean(axis=axes), outputs.var(axis=axes)
         std = np.sqrt(variance + norm.epsilon)
-        norm.set_weights([scales[index] * std, shifts[index] + scales[index] * mean, mean, variance])
+        norm.set_weights([scale * std, shift + scale * mean, mean, variance])
 
     check = faces[:256].astype(np.float32)[..., None]
     expected = classifier.session.run(None, {classifier.input_name: check})[0]
