@@ -10,6 +10,7 @@ was written, and --resume plans only what is missing.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import sys
@@ -145,6 +146,8 @@ def label_files(inputs: list[str], output: str | Path, config: LabelConfig | Non
         wait_ready = getattr(engine, "wait_ready", None)
         if wait_ready is not None:  # worker processes or a cluster: until every worker has its models
             wait_ready()
+        if config.resume:
+            _check_resume_settings(output, config)
         with CsvSink(output, resume=config.resume, force=config.force) as sink:
             mixed = sink.smooth_values - {f"{config.smooth:g}"}
             if mixed:
@@ -378,6 +381,54 @@ def _environment() -> dict:
     return {"versions": versions(), "machine": describe_hardware()}
 
 
+# The settings that decide what a row says, and their options: a resumed run must use the interrupted run's, or
+# one CSV would hold rows of two different analyses. Engines, workers, lanes, threads and batches only change speed.
+ROW_SETTINGS = {"detector": "--detector", "align": "--align", "every": "--every", "detect_every": "--detect-every",
+                "min_face": "--min-face", "face_threshold": "--face-threshold", "detect_size": "--detect-size",
+                "smooth": "--smooth", "track_gap": "track_gap (LabelConfig)"}
+
+
+def _model_record(config: LabelConfig) -> dict:
+    """OUT.run.json's "model": the file this run's workers load (each resolves the bundled one in its own
+    installation, alike), its precision and its SHA-256 (what --resume compares)."""
+    path = resolve_model(config.model, config.precision)
+    record = {"path": str(path), "precision": "as given" if config.model else config.precision or PRECISIONS[0]}
+    if path.is_file():
+        record["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return record
+
+
+def _check_resume_settings(output, config: LabelConfig) -> None:
+    """--resume: UsageError when a setting that decides the rows (ROW_SETTINGS, the model file) differs from the
+    interrupted run's, as OUT.run.json recorded them. A CSV without run.json (written by a library caller or an
+    older version) is resumed as it is."""
+    from fer_batch.summary import run_info_path
+
+    path = run_info_path(output)
+    if not path.is_file():
+        return
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        settings, model = previous["settings"], previous.get("model", {})
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UsageError(f"{path}: cannot read the interrupted run's settings ({error}); delete it to resume "
+                         f"without checking them") from None
+    now = asdict(config)
+    changed = [f"{option} {_shown(settings[key])} (now {_shown(now[key])})" for key, option in ROW_SETTINGS.items()
+               if key in settings and settings[key] != now[key]]
+    current = _model_record(config)
+    if model.get("sha256") and current.get("sha256") and model["sha256"] != current["sha256"]:
+        changed.append(f"the model {model.get('path')} (now {current['path']}, a different file)")
+    if changed:
+        raise UsageError(f"{output} was written with {'; '.join(changed)}; resume with the interrupted run's "
+                         f"settings, or use --force to start over")
+
+
+def _shown(value) -> str:
+    return "on" if value is True else "off" if value is False else f"{value:g}" if isinstance(value, float) \
+        else str(value)
+
+
 def _write_run_info(output, inputs: list[str], config: LabelConfig, summary: RunSummary, started_at: datetime,
                     finished_at: datetime | None, path: Path | None = None) -> Path:
     """OUT.run.json: the run's inputs, settings, versions, model and machine (for the report and for later)."""
@@ -385,9 +436,7 @@ def _write_run_info(output, inputs: list[str], config: LabelConfig, summary: Run
 
     path = path or run_info_path(output)
     environment = _environment()
-    # The file this run's workers load (each resolves the bundled one in its own installation, alike).
-    model = {"path": str(resolve_model(config.model, config.precision)),
-             "precision": "as given" if config.model else config.precision or PRECISIONS[0]}
+    model = _model_record(config)
     info = {
         "fer_batch": environment["versions"]["fer_batch"], "inputs": list(inputs),
         "settings": {k: v for k, v in asdict(config).items() if k not in ("progress",)},

@@ -180,6 +180,26 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(tmp_path, astronaut):
     assert sorted(map(same, resumed)) == sorted(map(same, expected))  # tracks continue across the resume
 
 
+def test_resume_refuses_settings_that_change_the_rows(tmp_path, astronaut_jpg):
+    out = tmp_path / "out.csv"
+    run_cli("label", str(astronaut_jpg), "-o", str(out), "--quiet", check=True)
+    written = out.read_bytes()
+    changed = run_cli("label", str(astronaut_jpg), "-o", str(out), "--quiet", "--resume", "--detect-every", "4",
+                      "--min-face", "30")
+    assert changed.returncode == 2 and len(changed.stderr.strip().splitlines()) == 1, changed.stderr
+    assert "--detect-every 8 (now 4)" in changed.stderr and "--min-face 20 (now 30)" in changed.stderr
+    other_model = run_cli("label", str(astronaut_jpg), "-o", str(out), "--quiet", "--resume", "--precision", "float")
+    assert other_model.returncode == 2 and "emotion-int8.onnx" in other_model.stderr
+    assert "a different file" in other_model.stderr
+    assert out.read_bytes() == written  # refused before anything was touched
+    # Settings that only change speed may differ; --force starts over with anything.
+    run_cli("label", str(astronaut_jpg), "-o", str(out), "--quiet", "--resume", "--workers", "1", "--batch", "1",
+            check=True)
+    assert out.read_bytes() == written
+    run_cli("label", str(astronaut_jpg), "-o", str(out), "--quiet", "--force", "--detect-every", "4", check=True)
+    assert json.loads((tmp_path / "out.run.json").read_text())["settings"]["detect_every"] == 4
+
+
 def test_usage_errors_exit_2_with_one_line(tmp_path, astronaut_jpg):
     out = tmp_path / "out.csv"
     missing = run_cli("label", str(tmp_path / "nowhere"), "-o", str(out))
