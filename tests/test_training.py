@@ -33,7 +33,7 @@ def trained_run(tmp_path_factory):
 
 
 def test_train_writes_the_run_folder(trained_run):
-    _, run = trained_run
+    data, run = trained_run
     for name in ("config.json", "state.json", "last.keras", "best.keras", "log.csv", "curves.png"):
         assert (run / name).is_file(), name
     state = json.loads((run / "state.json").read_text())
@@ -41,6 +41,18 @@ def test_train_writes_the_run_folder(trained_run):
     rows = list(csv.DictReader(open(run / "log.csv")))
     assert len(rows) == 1 and {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(rows[0])
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # One pass over PublicTest gives every figure: val_loss and val_accuracy are what Keras' own evaluation of the
+    # epoch's model (last.keras) says on FER's labels.
+    import keras
+
+    from training import data as fer_data
+
+    images, labels = fer_data.load(str(data)).split("PublicTest")
+    model = keras.models.load_model(run / "last.keras")
+    loss, accuracy = model.evaluate(images.astype(np.float32)[..., None], np.eye(7, dtype=np.float32)[labels],
+                                    verbose=0)
+    assert float(rows[0]["val_accuracy"]) == float(rows[0]["public_fer_accuracy"]) == pytest.approx(accuracy, abs=1e-4)
+    assert float(rows[0]["val_loss"]) == pytest.approx(loss, abs=1e-3)
 
 
 def test_resume_continues_from_the_last_epoch(trained_run, tmp_path):

@@ -131,7 +131,7 @@ def training_targets(config: TrainConfig, dataset: fer_data.Dataset, run: Path) 
 
 
 def make_datasets(config: TrainConfig, dataset: fer_data.Dataset, run: Path):
-    """Augmented, shuffled Training batches of soft targets (with sample weights) and the PublicTest arrays.
+    """Augmented, shuffled Training batches of soft targets (with sample weights), and the steps per epoch.
 
     NumPy and OpenCV on the host, so any Keras backend trains the same recipe (no tf.data: a lent GPU has JAX and
     no TensorFlow).
@@ -145,7 +145,6 @@ def make_datasets(config: TrainConfig, dataset: fer_data.Dataset, run: Path):
     training = dataset.mask("Training")
     train_x = dataset.images[training]
     train_y = training_targets(config, dataset, run)
-    val_x, val_y = dataset.split("PublicTest")
     weights = np.ones(num_classes, dtype=np.float32)
     top = train_y.argmax(axis=1)  # each face's class as its targets say (FER+'s votes where they are mixed in)
     if config.class_weights:
@@ -186,8 +185,7 @@ def make_datasets(config: TrainConfig, dataset: fer_data.Dataset, run: Path):
         def on_epoch_end(self):
             self.set_epoch(self.epoch + 1)
 
-    validation = (val_x.astype(np.float32)[..., None], np.eye(num_classes, dtype=np.float32)[val_y])
-    return Batches(), validation, steps
+    return Batches(), steps
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int):
@@ -277,8 +275,9 @@ def selection_score(config: TrainConfig, scores: dict) -> float:
 
 
 def _make_scores_callback(config: TrainConfig, dataset: fer_data.Dataset):
-    """Per epoch, before the run folder's callback: PublicTest's FER and FER+ figures into the logs (log.csv), and
-    the score that chooses the checkpoint (``selection``)."""
+    """Per epoch, before the run folder's callback: PublicTest's figures into the logs (log.csv) from one pass over
+    it - ``val_loss`` and ``val_accuracy`` on FER's labels (what Keras' own validation would give), FER+'s figures,
+    and the score that chooses the checkpoint (``selection``)."""
     import keras
 
     images, fer_labels = dataset.split("PublicTest")
@@ -288,12 +287,16 @@ def _make_scores_callback(config: TrainConfig, dataset: fer_data.Dataset):
     elif config.select == "ferplus":
         raise ValueError("--select ferplus needs FER+ votes: give --ferplus-votes fer2013new.csv")
     batch = images.astype(np.float32)[..., None]
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
+    one_hot = np.eye(len(fer_data.EMOTIONS), dtype=np.float32)[fer_labels]
 
     class Scores(keras.callbacks.Callback):
         def score(self) -> dict:
             probabilities = np.asarray(self.model.predict(batch, batch_size=512, verbose=0), np.float32)
             scores = public_test_scores(probabilities, fer_labels, ferplus)
-            return {**scores, "selection": selection_score(config, scores)}
+            return {"val_accuracy": scores["public_fer_accuracy"],
+                    "val_loss": float(keras.ops.convert_to_numpy(loss(one_hot, probabilities))), **scores,
+                    "selection": selection_score(config, scores)}
 
         def on_train_begin(self, logs=None):
             log.info("PublicTest before this session: %s", ", ".join(
@@ -345,7 +348,7 @@ def train(config: TrainConfig, resume: bool = False, command: str | None = None)
     started = time.time()
     dataset = fer_data.load(config.data, config.ferplus, config.ferplus_votes)
     log.info("loaded %s in %.1f s: %s", dataset.source, time.time() - started, dataset.counts())
-    train_data, val_data, steps = make_datasets(config, dataset, run)
+    train_data, steps = make_datasets(config, dataset, run)
     train_data.set_epoch(state["epochs_done"])
 
     if resume:
@@ -375,7 +378,7 @@ def train(config: TrainConfig, resume: bool = False, command: str | None = None)
     log.info("model %s: %d parameters, backend %s on %s, precision %s, %d steps per epoch", model.name,
              model.count_params(), keras.backend.backend(), _accelerator() or "cpu", policy, steps)
     if state["epochs_done"] < config.epochs:
-        model.fit(train_data, validation_data=val_data, epochs=config.epochs, initial_epoch=state["epochs_done"],
+        model.fit(train_data, epochs=config.epochs, initial_epoch=state["epochs_done"],
                   callbacks=[_make_scores_callback(config, dataset), _make_run_callback(run, config, state)],
                   shuffle=False,
                   verbose=1 if sys.stderr.isatty() else 2)
@@ -393,10 +396,14 @@ def _write_json(path: Path, values: dict) -> None:
 
 
 def _append_csv(path: Path, row: dict) -> None:
-    new = not path.exists()
+    """One row under the file's own header (a run resumed by another version keeps its columns), or a new file."""
+    header = None
+    if path.exists():
+        with open(path, newline="") as handle:
+            header = next(csv.reader(handle), None)
     with open(path, "a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(row))
-        if new:
+        writer = csv.DictWriter(handle, fieldnames=header or list(row), extrasaction="ignore")
+        if not header:
             writer.writeheader()
         writer.writerow(row)
 
