@@ -125,11 +125,10 @@ def label_files(inputs: list[str], output: str | Path, config: LabelConfig | Non
         raise UsageError(f"no such file or folder: {', '.join(missing)}")
     if config.every < 1 or config.detect_every < 1:
         raise UsageError("--every and --detect-every must be 1 or more")
-    if config.model and config.precision:
-        raise UsageError("--precision picks a copy of the bundled model; a --model file is used as given, so give "
-                         "one or the other")
-    if config.precision not in (None, *PRECISIONS):
-        raise UsageError(f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    try:
+        resolve_model(config.model, config.precision)  # a model file or a precision, and a known one
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     if config.engine not in ENGINES:
         raise UsageError(f"unknown engine {config.engine!r}; choose one of {', '.join(ENGINES)}")
     summary = RunSummary(engine=config.engine)

@@ -308,6 +308,13 @@ def test_recognizer_takes_a_precision_or_a_model_not_both(astronaut):
         EmotionRecognizer(model=default_model_path("float"), precision="float")
     with pytest.raises(ValueError, match="unknown precision 'fp16'"):
         EmotionRecognizer(precision="fp16")
+    # label_files says the same, as a usage error (exit status 2 from the CLI), before any worker starts.
+    from fer_batch.runner import LabelConfig, UsageError, label_files
+
+    for config, message in ((LabelConfig(model=str(default_model_path("float")), precision="float"), "precision 'f"),
+                            (LabelConfig(precision="fp16"), "unknown precision 'fp16'")):
+        with pytest.raises(UsageError, match=message):
+            label_files([str(REPO / "examples")], REPO / "never-written.csv", config)
 
 
 def test_detect_every_searches_videos_around_known_faces_and_images_in_full(tmp_path, face_video, astronaut_jpg):
