@@ -55,6 +55,24 @@ def make_clip(path: Path, frames: int = 275, size=(640, 360), fps: float = 25.0)
     return path
 
 
+def make_closeup_clip(path: Path, frames: int = 275, size=(1280, 720), fps: float = 25.0) -> Path:
+    """One person close up, as in an interview or a webcam study: the astronaut's face about half the frame's
+    height (~360 px of 720), drifting and leaning in and out a little, in every frame."""
+    head = _astronaut()[20:320, 110:350]
+    rng = np.random.default_rng(3)
+    background = cv2.GaussianBlur(rng.integers(30, 90, (size[1], size[0], 3), np.uint8), (31, 31), 0)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    for index in range(frames):
+        frame = background.copy()
+        scale = 2.9 + 0.15 * np.sin(index / 30)
+        face = cv2.resize(head, None, fx=scale, fy=scale)
+        x = int((size[0] - face.shape[1]) / 2 + 80 * np.sin(index / 40))
+        _paste(frame, face, max(0, x), max(0, (size[1] - face.shape[0]) // 2))
+        writer.write(frame)
+    writer.release()
+    return path
+
+
 def make_crowd_clip(path: Path, frames: int = 275, size=(640, 360), fps: float = 25.0) -> Path:
     """Six heads in a 3x2 grid (alternately mirrored), each drifting and scaling a little, in every frame: the
     multi-face case, where the emotion classifier's share of the work is largest."""

@@ -6,8 +6,9 @@
 For each clip and each N, `fer-batch label CLIP --detect-every N` runs --pairs times, the values interleaved
 (N=1, 4, 8, ..., N=1, 4, 8, ...) so drifting load hits all alike; the median is reported with its ratio to N=1.
 Each N's CSV is compared with N=1's (benchmarks/compare_runs.py: faces matched by box, same top label,
-probability differences, frames with a face, tracks). Clips: benchmarks/bench.py's two-person clip and six-face
-crowd clip, and with --fer a clip of six real FER-2013 test faces (``make_fer_clip``). Prints JSON.
+probability differences, frames with a face, tracks). Clips: benchmarks/bench.py's two-person clip, six-face
+crowd clip and 720p close-up clip, and with --fer a clip of six real FER-2013 test faces (``make_fer_clip``).
+Prints JSON.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
 
-    from bench import emit, make_clip, make_crowd_clip, make_fer_clip
+    from bench import emit, make_clip, make_closeup_clip, make_crowd_clip, make_fer_clip
     from compare_runs import compare, read
     from scale import label_command, run_command
 
@@ -41,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="fer-batch-detect-every-"))
     media = args.media or work
     media.mkdir(parents=True, exist_ok=True)
-    clips = {"clip": media / "clip.mp4", "crowd": media / "crowd.mp4"}
-    for name, make in (("clip", make_clip), ("crowd", make_crowd_clip)):
+    clips = {"clip": media / "clip.mp4", "crowd": media / "crowd.mp4", "closeup": media / "closeup.mp4"}
+    for name, make in (("clip", make_clip), ("crowd", make_crowd_clip), ("closeup", make_closeup_clip)):
         if not clips[name].is_file():
             make(clips[name])
     if args.fer:

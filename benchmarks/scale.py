@@ -16,13 +16,14 @@ Prints JSON with:
   efficiency: frames/s over (cores x the one-thread worker's frames/s);
 - ``separate``: N independent processes at --threads 1, each labelling the clip: the machine's throughput ceiling
   that one command with N workers is compared with;
-- ``baseline``: with --baseline REV, whole commands on the clip, on a crowd clip (six faces in every frame) and
-  with --fer on a clip of six real FER-2013 test faces: that commit's code (a git worktree, its defaults) and this
-  code's default, ``--precision float`` and ``--detect-every 1``, interleaved; per variant the median time,
-  frames/s, the ratios to the previous release and to ``--precision float``, and how its CSV agrees with each of
-  theirs (faces matched by box, same label, probabilities, frames with a face, tracks).
+- ``baseline``: with --baseline REV, whole commands on the clip, on a crowd clip (six faces in every frame), on a
+  close-up clip and with --fer on a clip of six real FER-2013 test faces: that commit's code (a git worktree, its
+  defaults) and this code's default, ``--precision float`` and ``--detect-every 1``, interleaved; per variant the
+  median time, frames/s, the ratios to the previous release and to ``--precision float``, and how its CSV agrees with
+  each of theirs (faces matched by box, same label, probabilities, frames with a face, tracks).
 The clip is benchmarks/bench.py's: 640x360, 25 fps, 275 frames, two people, ~40 % empty frames; the crowd clip is
-its ``make_crowd_clip``: the same size and length, six heads in a 3x2 grid in every frame.
+its ``make_crowd_clip``: the same size and length, six heads in a 3x2 grid in every frame; the close-up clip is
+its ``make_closeup_clip``: 1280x720, 275 frames, one face about half the frame's height (an interview, a webcam).
 """
 
 from __future__ import annotations
@@ -202,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", metavar="REV", help="compare whole-command time with this commit")
     parser.add_argument("--pairs", type=int, default=5, help="interleaved runs of each variant for --baseline")
     parser.add_argument("--baseline-only", action="store_true", help="with --baseline: only that comparison")
+    parser.add_argument("--clips", nargs="+", choices=("clip", "crowd", "closeup", "fer"), metavar="CLIP",
+                        help="with --baseline: only these clips (clip, crowd, closeup, fer; default: all)")
     parser.add_argument("--fer", type=Path, metavar="FER2013_CSV",
                         help="with --baseline: also a clip of six real FER-2013 test faces (bench.make_fer_clip)")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -211,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--media-only", action="store_true", help="write the media into --media DIR and exit")
     args = parser.parse_args(argv)
 
-    from bench import emit, make_clip, make_crowd_clip, make_fer_clip, make_folder
+    from bench import emit, make_clip, make_closeup_clip, make_crowd_clip, make_fer_clip, make_folder
 
     from fer_batch.system import available_cores, describe_hardware
 
@@ -222,16 +225,18 @@ def main(argv: list[str] | None = None) -> int:
     media.mkdir(parents=True, exist_ok=True)
     clip = media / "clip.mp4" if (media / "clip.mp4").is_file() else make_clip(media / "clip.mp4")
     crowd = media / "crowd.mp4" if (media / "crowd.mp4").is_file() else make_crowd_clip(media / "crowd.mp4")
+    closeup = media / "closeup.mp4" if (media / "closeup.mp4").is_file() else make_closeup_clip(media / "closeup.mp4")
     folder = media / "photos"
     if not folder.is_dir() or len(list(folder.glob("*.jpg"))) != args.photos:
         folder = make_folder(folder, args.photos)
     if args.media_only:
-        print(f"wrote the clip, the crowd clip and {args.photos} photos to {media}")
+        print(f"wrote the clip, the crowd clip, the close-up clip and {args.photos} photos to {media}")
         return 0
-    clips = {"clip": clip, "crowd": crowd}
+    clips = {"clip": clip, "crowd": crowd, "closeup": closeup}
     if args.fer:
         fer = media / "fer.mp4"
         clips["fer"] = fer if fer.is_file() else make_fer_clip(fer, args.fer)
+    clips = {name: path for name, path in clips.items() if not args.clips or name in args.clips}
     results: dict = {"machine": describe_hardware(), "clip": "640x360, 275 frames", "photos": args.photos}
     if args.baseline_only:
         results["baseline"] = baseline(args.baseline, clips, work, args.pairs)
