@@ -167,8 +167,9 @@ def test_distill_teacher_to_student_export_and_parity(trained_run, tmp_path):
     student = tmp_path / "student"
     assert fer_train(["distill", "--teachers", str(teacher_run), str(teacher_onnx), "--teacher-weight", "0.6",
                       "--data", str(data), "--ferplus-votes", str(votes), "--ferplus-weight", "0.3",
-                      "--mixup", "0.2", "--robust", "--out", str(student), *TINY]) == 0
+                      "--mixup", "0.2", "--robust", "--erase", "0.1", "--out", str(student), *TINY]) == 0
     config = json.loads((student / "config.json").read_text())
+    assert config["augment"]["erase_probability"] == 0.1
     assert config["teacher_weight"] == 0.6 and len(config["teachers"]) == 2 and config["label_smoothing"] == 0.0
     assert config["augment"]["mixup"] == 0.2 and config["augment"]["jpeg_probability"] == 0.3
     stored = TeacherTargets.load(student / "teachers.npz")
@@ -241,6 +242,9 @@ def test_distill_and_ferplus_errors(trained_run, tmp_path, capsys):
     assert fer_train(["train", "--ferplus-weight", "0.5", "--out", str(tmp_path / "s3"), "--data", str(data),
                       *TINY]) == 2
     assert "no FER+ votes loaded" in capsys.readouterr().err
+    assert fer_train(["train", "--erase", "1.5", "--out", str(tmp_path / "s4"), "--data", str(data), *TINY]) == 2
+    assert "--erase 1.5: give a probability between 0 and 1" in capsys.readouterr().err
+    assert not (tmp_path / "s4").exists()
 
 
 def test_pack_then_train_from_the_npz(trained_run, tmp_path):

@@ -14,6 +14,8 @@ from training.data import DEFAULT_DATA
 
 def _add_recipe_options(parser, defaults) -> None:
     """The options `train` and `distill` share: data, run folder, model and schedule."""
+    from training.augment import AugmentConfig
+
     parser.add_argument("--data", default=DEFAULT_DATA,
                         help="fer2013.csv, fer2013.csv.gz, a file made by `fer-train pack`, or an image-folder root "
                              f"with train/ test/ [val/] (default: {DEFAULT_DATA})")
@@ -56,6 +58,9 @@ def _add_recipe_options(parser, defaults) -> None:
     augment.add_argument("--mixup", type=float, help="mixup with Beta(a, a) weights (default off)")
     augment.add_argument("--cutmix", type=float, help="cutmix with Beta(a, a) areas (default off; with --mixup "
                                                       "each batch picks one)")
+    augment.add_argument("--erase", type=float, metavar="P",
+                         help=f"random erasing: the probability a face gets one rectangle of noise (default "
+                              f"{AugmentConfig().erase_probability:g}; a lower value for a last, gentler stretch)")
     augment.add_argument("--robust", action="store_true",
                          help="also blur (p 0.2), shrink to 16-36 px and back (p 0.2) and JPEG-compress (p 0.3): "
                               "faces from real footage")
@@ -84,6 +89,10 @@ def _recipe(args, **extra):
     if args.robust:
         augment = replace(augment, blur_probability=0.2, low_resolution_probability=0.2, jpeg_probability=0.3)
     augment = replace(augment, mixup=args.mixup or 0.0, cutmix=args.cutmix or 0.0)
+    if args.erase is not None:
+        if not 0.0 <= args.erase <= 1.0:
+            raise ValueError(f"--erase {args.erase:g}: give a probability between 0 and 1")
+        augment = replace(augment, erase_probability=args.erase)
     if getattr(args, "arch", None) == "seed":
         return TrainConfig.seed_baseline(args.data, args.out, **overrides)
     return TrainConfig(data=args.data, out=args.out, augment=augment, **overrides)
