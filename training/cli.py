@@ -150,6 +150,35 @@ def _distill(args) -> int:
     return 0
 
 
+def _add_average(commands) -> None:
+    parser = commands.add_parser(
+        "average", help="average the weights of runs that started from one model into one model",
+        description="A model soup: the element-wise mean of the runs' best.keras weights (runs of one architecture "
+                    "that started from the same model, e.g. `train --init models/emotion.onnx` with other seeds or "
+                    "recipes), its batch-norm statistics measured again on Training faces. Prints each run's and "
+                    "the average's PublicTest scores and writes a run folder for `fer-train export`, recording "
+                    "every run (the model card lists them). Costs what one model costs per face.")
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders (their best.keras) or .keras files")
+    parser.add_argument("--out", required=True, help="the run folder to write")
+    parser.add_argument("--data", default=DEFAULT_DATA, help=f"default: {DEFAULT_DATA}")
+    parser.add_argument("--ferplus-votes", help="fer2013new.csv: FER+ figures on PublicTest (needed when the runs "
+                                                "were chosen with --select ferplus)")
+    parser.set_defaults(run=_average)
+
+
+def _average(args) -> int:
+    from training.average import average_runs
+
+    state = average_runs(args.runs, args.out, args.data, args.ferplus_votes, command=args.command_line)
+    width = max(len(run["model"]) for run in state["averaged"]["runs"])
+    for name, scores in [(run["model"], run["public_test"]) for run in state["averaged"]["runs"]] + \
+            [("the average", {**state["best_scores"], "selection": state["best_selection"]})]:
+        print(f"{name:<{width}}  " + "  ".join(f"{key.removeprefix('public_')} {value:.4f}"
+                                              for key, value in scores.items()))
+    print(f"wrote {Path(args.out) / 'best.keras'}; next: fer-train export {args.out} -o FILE.onnx")
+    return 0
+
+
 def _add_ensemble(commands) -> None:
     parser = commands.add_parser(
         "ensemble", help="score teachers and their ensemble on PublicTest; keep their probabilities",
@@ -401,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_train(commands)
     _add_distill(commands)
     _add_ensemble(commands)
+    _add_average(commands)
     _add_evaluate(commands)
     _add_export(commands)
     _add_quantize(commands)

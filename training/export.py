@@ -81,6 +81,8 @@ def training_summary(path: Path, model) -> dict:
             summary["public_test_scores"] = state["best_scores"]
         if state.get("init"):  # the model it started from, with that model's own history: the chain of runs
             summary["started_from"] = state["init"]
+        if state.get("averaged"):  # `fer-train average`: the runs whose weights were averaged, each with its record
+            summary["averaged"] = state["averaged"]
     if (run / "teachers.npz").exists():
         from training.targets import TeacherTargets
 

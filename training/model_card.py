@@ -138,6 +138,9 @@ def _render_both(model: Path, fer: dict, ferplus: dict, without_flip: dict | Non
                                          ferplus["support"], fer["recall"], fer["support"]))
     scores = training.get("public_test_scores", {})
     chosen = ", ".join(f"{key.removeprefix('public_').replace('_', ' ')} {value:.4f}" for key, value in scores.items())
+    averaged = training.get("averaged")
+    checkpoint = (f"the average of {len(averaged['runs'])} runs' best checkpoints" if averaged
+                  else f"best epoch {training.get('best_epoch')}")
     return f"""# Model card: `models/emotion.onnx`
 
 Facial-expression classifier for 48x48 grey faces, trained by this repository's `training/` on FER-2013's faces
@@ -183,7 +186,7 @@ Confusion matrix, FER-2013's labels:
 ## Data and labels
 
 - FER-2013 (`fer2013.csv`, 35,887 rows): Training 28,709 faces for fitting, PublicTest 3,589 for choosing the
-  checkpoint (best epoch {training.get('best_epoch')}; PublicTest {chosen or training.get('public_test_accuracy')}),
+  checkpoint ({checkpoint}; PublicTest {chosen or training.get('public_test_accuracy')}),
   PrivateTest for the figures above. FER+ (`fer2013new.csv`): ten annotators' votes per face. Labels, in output
   order: {', '.join(EMOTIONS)} (FER's 0..6; FER+'s contempt, unknown and not-a-face votes are dropped).
 
@@ -211,12 +214,32 @@ def _chain(training: dict) -> str:
         started = run.get("started_from")
         origin = (f"started from `{started['file']}` (SHA-256 `{started['sha256'][:12]}...`; Keras rebuilt it within "
                   f"{started.get('parity_max_abs_difference', 0):.0e})" if started else "trained from scratch")
+        if run.get("averaged"):
+            parts.append(f"### Round {number}: {origin}; the weights of {len(run['averaged']['runs'])} runs "
+                         f"averaged\n\n{_averaged(run['averaged'])}")
+            continue
         parts.append(f"### Round {number}: {origin}\n\n{run.get('recipe', 'unknown recipe')}\n\n"
                      f"{_how_trained(run, run.get('train_seconds', 0) / 3600)}")
     return "\n".join(parts)
 
 
-def _how_trained(training: dict, hours: float) -> str:
+def _averaged(averaged: dict) -> str:
+    """A round made by `fer-train average`: each run (recipe, sessions, its PublicTest scores), then the average."""
+    parts = []
+    for letter, ingredient in zip("ABCDEFGHIJKLMNOPQRSTUVWXYZ", averaged["runs"]):
+        training, scores = ingredient["training"], ingredient["public_test"]
+        figures = ", ".join(f"{key.removeprefix('public_').replace('_', ' ')} {value * 100:.2f} %"
+                            for key, value in scores.items() if key.startswith("public_"))
+        parts.append(f"Run {letter} (best epoch {training.get('best_epoch')}; PublicTest without mirror averaging: "
+                     f"{figures}): {training.get('recipe', 'unknown recipe')}\n\n"
+                     f"{_how_trained(training, training.get('train_seconds', 0) / 3600, exported=False)}")
+    parts.append(f"Then `{averaged['command']}`: the runs' weights averaged, batch-norm statistics measured again on "
+                 f"{averaged['calibration_faces']:,} Training faces ({averaged.get('hardware', '?')}); then "
+                 f"`fer-train export RUN -o FILE.onnx` (parity with Keras checked below 1e-4).\n")
+    return "\n".join(parts)
+
+
+def _how_trained(training: dict, hours: float, exported: bool = True) -> str:
     """Epochs, time, and each training session's machine and command (runs from before sessions were recorded
     keep the shipped model's description)."""
     lines = [f"- Epochs trained: {training.get('epochs_trained')}; training time {hours:.1f} h (the sum of the "
@@ -231,7 +254,8 @@ def _how_trained(training: dict, hours: float) -> str:
     for session in sessions:
         lines.append(f"- From epoch {session['from_epoch']}: `{session['command']}` — Keras on {session['backend']}, "
                      f"{session['device']}, {session['precision']}, {session['hardware']}.")
-    lines.append("- Then `fer-train export RUN -o FILE.onnx` (parity with Keras checked below 1e-4).")
+    if exported:
+        lines.append("- Then `fer-train export RUN -o FILE.onnx` (parity with Keras checked below 1e-4).")
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,103 @@
+"""training/average.py: two runs from one exported model averaged into one (weights meaned, batch norms measured
+again on real faces), exported with the starting model's settings, and the model card lists both runs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import fer_rows, write_fer_csv
+
+pytest.importorskip("tensorflow")
+pytest.importorskip("tf2onnx")
+
+from training.cli import main as fer_train  # noqa: E402
+
+TINY = ["--epochs", "1", "--batch-size", "16", "--widths", "8,16,16,32", "--warmup-epochs", "0", "--precision", "fp32"]
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """Real faces (scikit-image's LFW subset and their mirror images) as FER rows; a tiny model exported with
+    mirror averaging; two one-epoch runs started from it with different seeds."""
+    import cv2
+    from skimage import data as skimage_data
+
+    faces = np.stack([cv2.resize(np.round(face * 255).astype(np.uint8), (48, 48))
+                      for face in skimage_data.lfw_subset()])
+    faces = np.concatenate([faces, faces[:, :, ::-1]])
+    root = tmp_path_factory.mktemp("average")
+    rows = [(index % 7, face, ("Training", "PublicTest")[index % 2]) for index, face in enumerate(faces)]
+    data = write_fer_csv(root / "fer2013.csv", rows + fer_rows(14, usages=("PrivateTest",)))
+    assert fer_train(["train", "--data", str(data), "--out", str(root / "start"), *TINY]) == 0
+    start = root / "start.onnx"
+    assert fer_train(["export", str(root / "start"), "-o", str(start), "--data", str(data), "--tta-flip"]) == 0
+    for seed in ("1", "2"):
+        assert fer_train(["train", "--data", str(data), "--init", str(start), "--seed", seed, "--lr", "0.05",
+                          "--out", str(root / f"run{seed}"), *TINY]) == 0
+    return data, start, root / "run1", root / "run2", faces
+
+
+def test_average_means_the_weights_and_measures_the_batch_norms_again(two_runs, tmp_path, capsys):
+    import keras
+
+    from training.export import load_float32
+
+    data, start, run1, run2, faces = two_runs
+    out = tmp_path / "soup"
+    assert fer_train(["average", str(run1), str(run2), "--out", str(out), "--data", str(data)]) == 0
+    printed = capsys.readouterr().out
+    assert "the average" in printed and "fer_accuracy" in printed and f"fer-train export {out}" in printed
+    one, two, soup = (load_float32(path / "best.keras") for path in (run1, run2, out))
+    for layer_one, layer_two, layer in zip(one.layers, two.layers, soup.layers):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, variance = layer.get_weights()
+            np.testing.assert_allclose(gamma, (layer_one.get_weights()[0] + layer_two.get_weights()[0]) / 2,
+                                       rtol=1e-6)
+            np.testing.assert_allclose(beta, (layer_one.get_weights()[1] + layer_two.get_weights()[1]) / 2,
+                                       rtol=1e-6, atol=1e-7)
+        else:
+            for w, w1, w2 in zip(layer.get_weights(), layer_one.get_weights(), layer_two.get_weights()):
+                np.testing.assert_allclose(w, (w1 + w2) / 2, rtol=1e-6, atol=1e-7)
+    # Each batch norm's statistics are its input's own on the Training faces: normalised, that input has mean 0
+    # and variance 1 per channel (the averaged statistics would not give that).
+    training_faces = faces[0::2]  # the fixture's Training rows
+    for layer in soup.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            inputs = np.asarray(keras.Model(soup.input, layer.input).predict(
+                training_faces.astype(np.float32)[..., None], verbose=0), np.float64)
+            _, _, mean, variance = layer.get_weights()
+            normalised = (inputs - mean) / np.sqrt(variance + layer.epsilon)
+            axes = tuple(range(normalised.ndim - 1))
+            assert np.abs(normalised.mean(axis=axes)).max() < 1e-3
+            assert np.abs(normalised.var(axis=axes) - 1).max() < 0.05
+    state = json.loads((out / "state.json").read_text())
+    assert [run["model"] for run in state["averaged"]["runs"]] == [str(run1 / "best.keras"), str(run2 / "best.keras")]
+    assert state["init"]["file"] == "start.onnx" and state["best_scores"]["public_fer_accuracy"] >= 0
+
+    # Export: the starting model's mirror averaging, the chain, and both runs in the model card.
+    exported = tmp_path / "soup.onnx"
+    assert fer_train(["export", str(out), "-o", str(exported), "--data", str(data)]) == 0
+    from fer_batch.classify import EmotionClassifier
+    from training.model_card import _chain
+
+    training = EmotionClassifier(exported).training
+    assert training["test_time_flip_averaging"] and training["started_from"]["file"] == "start.onnx"
+    chain = _chain(training)
+    assert "the weights of 2 runs averaged" in chain and "Run A" in chain and "Run B" in chain
+    assert "fer-train average" in chain and "--seed 2" in chain
+
+
+def test_average_refuses_one_run_other_architectures_and_a_used_folder(two_runs, tmp_path, capsys):
+    data, _, run1, run2, _ = two_runs
+    assert fer_train(["average", str(run1), "--out", str(tmp_path / "a"), "--data", str(data)]) == 2
+    assert "two or more runs" in capsys.readouterr().err
+    wider = tmp_path / "wider"
+    widths = ["--widths" if arg == "--widths" else "8,16,16,48" if arg == "8,16,16,32" else arg for arg in TINY]
+    assert fer_train(["train", "--data", str(data), "--out", str(wider), *widths]) == 0
+    assert fer_train(["average", str(run1), str(wider), "--out", str(tmp_path / "b"), "--data", str(data)]) == 2
+    assert f"{wider / 'best.keras'}: its weights differ in shape" in capsys.readouterr().err
+    assert not (tmp_path / "b" / "best.keras").exists()
+    assert fer_train(["average", str(run1), str(run2), "--out", str(run1), "--data", str(data)]) == 2
+    assert "holds a run already" in capsys.readouterr().err

@@ -1,0 +1,138 @@
+"""Average the weights of several runs into one model of the same size (a "model soup", Wortsman et al., 2022).
+
+Runs that started from the same model (``fer-train train --init``) and were trained with different seeds or recipes
+end in one basin, where the mean of their weights is usually at least as good as each of them: an ensemble's
+accuracy at one model's cost per face. Everything that is learnt is averaged (kernels, biases, batch-norm scales and
+shifts); the batch norms' moving statistics are not - the mean of statistics is not the statistics of the mean
+model - so they are measured again, norm by norm in order, on Training faces (``calibrate_batch_norms``).
+
+The output is a run folder like ``train``'s (``best.keras``, ``config.json``, ``state.json`` with the ingredients
+and the average's PublicTest scores), so ``fer-train export`` turns it into a model with the same contract and
+test-time settings as the runs' starting model, and the model card shows what was averaged. PublicTest decides
+whether the average is better than its ingredients; PrivateTest is never looked at.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+CALIBRATION_FACES = 4096
+
+
+def calibrate_batch_norms(model, faces: np.ndarray, batch_size: int = 512) -> None:
+    """Set every batch norm's moving mean and variance of ``model`` to those of its input on ``faces`` (N, 48, 48)
+    uint8, in inference mode, norm by norm in graph order (each measured with the norms before it already set)."""
+    import keras
+
+    batch = faces.astype(np.float32)[..., None]
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.BatchNormalization):
+            continue
+        probe = keras.Model(model.input, layer.input)
+        inputs = np.asarray(probe.predict(batch, batch_size=batch_size, verbose=0), np.float64)
+        axes = tuple(range(inputs.ndim - 1))
+        gamma, beta, _, _ = layer.get_weights()
+        layer.set_weights([gamma, beta, inputs.mean(axis=axes).astype(np.float32),
+                           inputs.var(axis=axes).astype(np.float32)])
+
+
+def average_weights(models: list, names: list[str]) -> list[np.ndarray]:
+    """The element-wise mean of the models' weights; ValueError naming the first model whose weights differ in
+    shape from the first one's (another architecture or width)."""
+    reference = [w.shape for w in models[0].get_weights()]
+    for model, name in zip(models[1:], names[1:]):
+        shapes = [w.shape for w in model.get_weights()]
+        if shapes != reference:
+            raise ValueError(f"{name}: its weights differ in shape from {names[0]}'s (another architecture or "
+                             f"width); only runs of one architecture can be averaged")
+    return [np.mean([model.get_weights()[i] for model in models], axis=0) for i in range(len(reference))]
+
+
+def average_runs(runs: list[str | Path], out: str | Path, data: str | Path, ferplus_votes: str | Path | None = None,
+                 seed: int = 1337, command: str | None = None) -> dict:
+    """Average the best.keras of ``runs`` (run folders or .keras files) into the run folder ``out``; returns its
+    state (the ingredients' and the average's PublicTest scores)."""
+    from training import data as fer_data
+    from training.export import load_float32, resolve_model_path, training_summary
+    from training.model import precision_policy
+    from training.train import TrainConfig, public_test_scores, selection_score
+
+    if len(runs) < 2:
+        raise ValueError("average needs two or more runs")
+    out = Path(out)
+    if (out / "state.json").exists() or (out / "best.keras").exists():
+        raise FileExistsError(f"{out}: holds a run already; pick another --out")
+    paths = [resolve_model_path(run) for run in runs]
+    dataset = fer_data.load(data, None, ferplus_votes)
+    training = dataset.images[dataset.mask("Training")]
+    rng = np.random.default_rng(seed)
+    calibration = training[rng.permutation(len(training))[:CALIBRATION_FACES]]
+    images, fer_labels = dataset.split("PublicTest")
+    ferplus = fer_data.ferplus_labels(dataset.votes("PublicTest"))[0] if dataset.ferplus_votes is not None else None
+
+    first_run = paths[0].parent
+    config = TrainConfig.from_json(json.loads((first_run / "config.json").read_text())) \
+        if (first_run / "config.json").exists() else TrainConfig(data=str(data), out=str(out))
+    if ferplus is None and config.select == "ferplus":
+        raise ValueError(f"{paths[0]} was chosen with --select ferplus: give --ferplus-votes fer2013new.csv")
+
+    def score(model) -> dict:
+        probabilities = np.asarray(model.predict(images.astype(np.float32)[..., None], batch_size=512, verbose=0))
+        scores = public_test_scores(probabilities, fer_labels, ferplus)
+        return {**{k: round(v, 5) for k, v in scores.items()}, "selection": round(selection_score(config, scores), 5)}
+
+    with precision_policy("float32"):
+        models = [load_float32(path) for path in paths]
+        ingredients = []
+        for path, model in zip(paths, models):
+            # Each ingredient's own record (recipe, sessions, epochs) for the model card; where it started from is
+            # kept once, as the average's own starting point.
+            summary = training_summary(path, model)
+            start = summary.pop("started_from", None) or {}
+            summary.pop("public_test_scores", None)
+            ingredients.append({"model": str(path), "init_sha256": start.get("sha256"), "public_test": score(model),
+                                "training": summary})
+            log.info("%s: PublicTest %s", path, _describe(ingredients[-1]["public_test"]))
+        starts = {ingredient["init_sha256"] for ingredient in ingredients}
+        if len(starts) > 1:
+            log.warning("the runs started from different models (%s): their average may be far worse than each",
+                        ", ".join(sorted(str(s)[:12] for s in starts)))
+        averaged = models[0]
+        averaged.set_weights(average_weights(models, [str(p) for p in paths]))
+        calibrate_batch_norms(averaged, calibration)
+        scores = score(averaged)
+        log.info("the average: PublicTest %s", _describe(scores))
+        out.mkdir(parents=True, exist_ok=True)
+        averaged.save(out / "best.keras.tmp.keras")
+        (out / "best.keras.tmp.keras").replace(out / "best.keras")
+
+    from fer_batch.system import describe_hardware
+
+    first_state = _state_of(paths[0])
+    config.out = str(out)
+    (out / "config.json").write_text(json.dumps(config.to_json(), indent=2) + "\n")
+    state = {"epochs_done": sum(i["training"].get("epochs_trained") or 0 for i in ingredients), "best_epoch": None,
+             "best_val_accuracy": scores["public_fer_accuracy"], "best_selection": scores["selection"],
+             "best_scores": {k: v for k, v in scores.items() if k.startswith("public_")},
+             "train_seconds": sum(_state_of(p).get("train_seconds", 0.0) for p in paths),
+             "hardware": describe_hardware(), "finished": True, "sessions": [],
+             "averaged": {"command": command or "training.average.average_runs(...)", "runs": ingredients,
+                          "calibration_faces": int(len(calibration)), "hardware": describe_hardware()}}
+    if first_state.get("init"):
+        state["init"] = first_state["init"]  # the starting model: export keeps its test-time settings
+    (out / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+    return state
+
+
+def _state_of(path: Path) -> dict:
+    state = path.parent / "state.json"
+    return json.loads(state.read_text()) if state.exists() else {}
+
+
+def _describe(scores: dict) -> str:
+    return ", ".join(f"{key.removeprefix('public_')} {value:.4f}" for key, value in scores.items())
