@@ -4,7 +4,7 @@ Runs that started from the same model (``fer-train train --init``) and were trai
 end in one basin, where the mean of their weights is usually at least as good as each of them: an ensemble's
 accuracy at one model's cost per face. Everything that is learnt is averaged (kernels, biases, batch-norm scales and
 shifts); the batch norms' moving statistics are not - the mean of statistics is not the statistics of the mean
-model - so they are measured again, norm by norm in order, on Training faces (``calibrate_batch_norms``).
+model - so they are measured again on Training faces, as training measures them (``calibrate_batch_norms``).
 
 The output is a run folder like ``train``'s (``best.keras``, ``config.json``, ``state.json`` with the ingredients
 and the average's PublicTest scores), so ``fer-train export`` turns it into a model with the same contract and
@@ -24,21 +24,36 @@ log = logging.getLogger(__name__)
 CALIBRATION_FACES = 4096
 
 
-def calibrate_batch_norms(model, faces: np.ndarray, batch_size: int = 512) -> None:
-    """Set every batch norm's moving mean and variance of ``model`` to those of its input on ``faces`` (N, 48, 48)
-    uint8, in inference mode, norm by norm in graph order (each measured with the norms before it already set)."""
+def calibrate_batch_norms(model, faces: np.ndarray, augment=None, batch_size: int = 64, seed: int = 0) -> None:
+    """Set every batch norm's moving mean and variance of ``model`` to what training would have given it: the mean,
+    over batches of ``faces`` (N, 48, 48) uint8 augmented as in training (``augment``, an AugmentConfig), of each
+    norm's batch statistics in training mode (dropout on, every norm normalising by its batch), as SWA's batch-norm
+    update does. Statistics measured in inference mode instead (no dropout, unaugmented faces) are not what the
+    layers after each norm learnt to expect: on two checkpoints of one run they cost 1 point of PublicTest."""
     import keras
 
-    batch = faces.astype(np.float32)[..., None]
-    for layer in model.layers:
-        if not isinstance(layer, keras.layers.BatchNormalization):
-            continue
-        probe = keras.Model(model.input, layer.input)
-        inputs = np.asarray(probe.predict(batch, batch_size=batch_size, verbose=0), np.float64)
-        axes = tuple(range(inputs.ndim - 1))
-        gamma, beta, _, _ = layer.get_weights()
-        layer.set_weights([gamma, beta, inputs.mean(axis=axes).astype(np.float32),
-                           inputs.var(axis=axes).astype(np.float32)])
+    from training.augment import AugmentConfig, augment_batch
+
+    augment = augment or AugmentConfig()
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    probe = keras.Model(model.input, [norm.input for norm in norms])
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(faces))
+    sums = [[0.0, 0.0] for _ in norms]
+    batches = 0
+    for start in range(0, len(order) - batch_size + 1, batch_size):
+        images = augment_batch(faces[order[start:start + batch_size]], augment, rng)[..., None]
+        for total, inputs in zip(sums, probe(images, training=True)):
+            inputs = np.asarray(keras.ops.convert_to_numpy(inputs), np.float64)
+            axes = tuple(range(inputs.ndim - 1))
+            total[0] = total[0] + inputs.mean(axis=axes)
+            total[1] = total[1] + inputs.var(axis=axes)
+        batches += 1
+    if not batches:
+        raise ValueError(f"batch-norm calibration needs {batch_size} faces or more, got {len(faces)}")
+    for norm, (mean, variance) in zip(norms, sums):
+        gamma, beta, _, _ = norm.get_weights()
+        norm.set_weights([gamma, beta, (mean / batches).astype(np.float32), (variance / batches).astype(np.float32)])
 
 
 def average_weights(models: list, names: list[str]) -> list[np.ndarray]:
@@ -104,7 +119,7 @@ def average_runs(runs: list[str | Path], out: str | Path, data: str | Path, ferp
                         ", ".join(sorted(str(s)[:12] for s in starts)))
         averaged = models[0]
         averaged.set_weights(average_weights(models, [str(p) for p in paths]))
-        calibrate_batch_norms(averaged, calibration)
+        calibrate_batch_norms(averaged, calibration, config.augment, config.batch_size, seed)
         scores = score(averaged)
         log.info("the average: PublicTest %s", _describe(scores))
         out.mkdir(parents=True, exist_ok=True)

@@ -155,7 +155,8 @@ def _add_average(commands) -> None:
         "average", help="average the weights of runs that started from one model into one model",
         description="A model soup: the element-wise mean of the runs' best.keras weights (runs of one architecture "
                     "that started from the same model, e.g. `train --init models/emotion.onnx` with other seeds or "
-                    "recipes), its batch-norm statistics measured again on Training faces. Prints each run's and "
+                    "recipes), its batch-norm statistics measured again as training would (training mode, "
+                    "augmented Training faces). Prints each run's and "
                     "the average's PublicTest scores and writes a run folder for `fer-train export`, recording "
                     "every run (the model card lists them). Costs what one model costs per face.")
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders (their best.keras) or .keras files")

@@ -233,8 +233,8 @@ def _averaged(averaged: dict) -> str:
         parts.append(f"Run {letter} (best epoch {training.get('best_epoch')}; PublicTest without mirror averaging: "
                      f"{figures}): {training.get('recipe', 'unknown recipe')}\n\n"
                      f"{_how_trained(training, training.get('train_seconds', 0) / 3600, exported=False)}")
-    parts.append(f"Then `{averaged['command']}`: the runs' weights averaged, batch-norm statistics measured again on "
-                 f"{averaged['calibration_faces']:,} Training faces ({averaged.get('hardware', '?')}); then "
+    parts.append(f"Then `{averaged['command']}`: the runs' weights averaged, batch-norm statistics measured again in "
+                 f"training mode on {averaged['calibration_faces']:,} augmented Training faces ({averaged.get('hardware', '?')}); then "
                  f"`fer-train export RUN -o FILE.onnx` (parity with Keras checked below 1e-4).\n")
     return "\n".join(parts)
 
