@@ -234,8 +234,9 @@ def _averaged(averaged: dict) -> str:
                      f"{figures}): {training.get('recipe', 'unknown recipe')}\n\n"
                      f"{_how_trained(training, training.get('train_seconds', 0) / 3600, exported=False)}")
     parts.append(f"Then `{averaged['command']}`: the runs' weights averaged, batch-norm statistics measured again in "
-                 f"training mode on {averaged['calibration_faces']:,} augmented Training faces ({averaged.get('hardware', '?')}); then "
-                 f"`fer-train export RUN -o FILE.onnx` (parity with Keras checked below 1e-4).\n")
+                 f"training mode on {averaged['calibration_faces']:,} augmented Training faces "
+                 f"({averaged.get('hardware', '?')}); then `fer-train export RUN -o FILE.onnx` (parity with Keras "
+                 f"checked below 1e-4).\n")
     return "\n".join(parts)
 
 
