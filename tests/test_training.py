@@ -405,6 +405,8 @@ def test_shipped_model_reproduces_its_model_card(tmp_path):
     assert abs(plus.accuracy * 100 - float(ferplus_row.group(2))) < 0.5
     assert abs(plus.mean_recall * 100 - float(ferplus_row.group(3))) < 0.5
     assert abs(plus.recall[-1] * 100 - float(ferplus_row.group(4))) < 0.5
+    # The bars the shipped model is held to (issue 18): people's labels, without forgetting the rarer classes.
+    assert plus.accuracy >= 0.84 and plus.mean_recall >= 0.72 and plus.recall[-1] >= 0.80
 
 
 def test_training_modules_import_in_one_direction():
@@ -413,7 +415,7 @@ def test_training_modules_import_in_one_direction():
     import ast
 
     layers = [{"data", "augment", "metrics"}, {"targets", "model"}, {"warmstart"}, {"train"}, {"export", "evaluate"},
-              {"quantize", "priors", "model_card", "calibrate_crop", "finetune"}, {"cli"}]
+              {"quantize", "priors", "model_card", "calibrate_crop", "finetune", "average"}, {"cli"}]
     level = {name: index for index, names in enumerate(layers) for name in names}
     found = {path.stem for path in (REPO / "training").glob("*.py")} - {"__init__", "__main__"}
     assert found == set(level), "a new training module needs a place in this test's layers"

@@ -167,9 +167,10 @@ unknown or NF, or where two columns tie, are left out. The two label sets agree 
 faces (FER+'s annotators call twice as many faces neutral), so a model that matched FER+ perfectly would score
 about 65.6 % on FER's labels: accuracy on FER's labels falls as agreement with people rises.
 {_flip_note(without_flip)}
-For comparison, on the same faces: the `fer` package's mini-Xception 65.10 % (FER+) and 65.48 % (FER); the
-previous shipped model 68.96 % (FER+, neutral recall 52.1 %) and 71.69 % (FER). Published anchor: VGG13 trained on
-FER+ reaches 83.9-85.0 % on FER+'s test set (Barsoum et al., 2016).
+For comparison, on the same faces: the `fer` package's mini-Xception 65.10 % (FER+) and 65.48 % (FER); fer-batch
+0.3's model 83.40 % (FER+, mean per-class recall 73.3 %, neutral recall 83.4 %) and 63.58 % (FER); 0.2's model
+68.96 % (FER+, neutral recall 52.1 %) and 71.69 % (FER). Published anchor: VGG13 trained on FER+ reaches
+83.9-85.0 % on FER+'s test set (Barsoum et al., 2016).
 
 | class | FER+ precision | FER+ recall | FER+ F1 | FER+ faces | FER recall | FER faces |
 | --- | --- | --- | --- | --- | --- | --- |
