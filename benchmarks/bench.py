@@ -37,61 +37,63 @@ def _paste(canvas: np.ndarray, image: np.ndarray, x: int, y: int) -> None:
         canvas[y:y + height, x:x + width] = image[:height, :width]
 
 
-def make_clip(path: Path, frames: int = 275, size=(640, 360), fps: float = 25.0) -> Path:
-    """Two copies of the astronaut's head (one mirrored) drifting and scaling; about 40 % of frames empty."""
-    head = _astronaut()[10:330, 110:350]
-    rng = np.random.default_rng(0)
+def _write_clip(path: Path, frames: int, size, fps: float, seed: int, draw) -> Path:
+    """``frames`` frames of ``size`` (w, h) at ``fps`` (mp4v), each a seeded blurred-noise background on which
+    ``draw(frame, index)`` pastes the faces."""
+    rng = np.random.default_rng(seed)
     background = cv2.GaussianBlur(rng.integers(30, 90, (size[1], size[0], 3), np.uint8), (31, 31), 0)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
     for index in range(frames):
         frame = background.copy()
+        draw(frame, index)
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def make_clip(path: Path, frames: int = 275, size=(640, 360), fps: float = 25.0) -> Path:
+    """Two copies of the astronaut's head (one mirrored) drifting and scaling; about 40 % of frames empty."""
+    head = _astronaut()[10:330, 110:350]
+
+    def draw(frame: np.ndarray, index: int) -> None:
         if (index // 40) % 5 not in (2, 4):  # two empty 40-frame stretches out of every 200
             for person, (x0, flip) in enumerate(((20, False), (360, True))):
                 scale = 0.55 + 0.15 * np.sin(index / 25 + person)
                 face = cv2.resize(head[:, ::-1] if flip else head, None, fx=scale, fy=scale)
                 _paste(frame, face, max(0, int(x0 + 60 * np.sin(index / 30 + 2 * person))), 15)
-        writer.write(frame)
-    writer.release()
-    return path
+
+    return _write_clip(path, frames, size, fps, 0, draw)
 
 
 def make_closeup_clip(path: Path, frames: int = 275, size=(1280, 720), fps: float = 25.0) -> Path:
     """One person close up, as in an interview or a webcam study: the astronaut's face about half the frame's
     height (~360 px of 720), drifting and leaning in and out a little, in every frame."""
     head = _astronaut()[20:320, 110:350]
-    rng = np.random.default_rng(3)
-    background = cv2.GaussianBlur(rng.integers(30, 90, (size[1], size[0], 3), np.uint8), (31, 31), 0)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
-    for index in range(frames):
-        frame = background.copy()
+
+    def draw(frame: np.ndarray, index: int) -> None:
         scale = 2.9 + 0.15 * np.sin(index / 30)
         face = cv2.resize(head, None, fx=scale, fy=scale)
         x = int((size[0] - face.shape[1]) / 2 + 80 * np.sin(index / 40))
         _paste(frame, face, max(0, x), max(0, (size[1] - face.shape[0]) // 2))
-        writer.write(frame)
-    writer.release()
-    return path
+
+    return _write_clip(path, frames, size, fps, 3, draw)
 
 
 def make_crowd_clip(path: Path, frames: int = 275, size=(640, 360), fps: float = 25.0) -> Path:
     """Six heads in a 3x2 grid (alternately mirrored), each drifting and scaling a little, in every frame: the
     multi-face case, where the emotion classifier's share of the work is largest."""
     head = _astronaut()[10:330, 110:350]
-    rng = np.random.default_rng(2)
-    background = cv2.GaussianBlur(rng.integers(30, 90, (size[1], size[0], 3), np.uint8), (31, 31), 0)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
     cell_w, cell_h = size[0] // 3, size[1] // 2
-    for index in range(frames):
-        frame = background.copy()
+
+    def draw(frame: np.ndarray, index: int) -> None:
         for person in range(6):
             scale = 0.42 + 0.06 * np.sin(index / 20 + person)
             face = cv2.resize(head[:, ::-1] if person % 2 else head, None, fx=scale, fy=scale)
             x = (person % 3) * cell_w + int((cell_w - face.shape[1]) / 2 + 12 * np.sin(index / 15 + person))
             y = (person // 3) * cell_h + max(0, (cell_h - face.shape[0]) // 2)
             _paste(frame, face, max(0, x), y)
-        writer.write(frame)
-    writer.release()
-    return path
+
+    return _write_clip(path, frames, size, fps, 2, draw)
 
 
 def fer_faces(fer_csv: Path, count: int, usage: str = "PrivateTest") -> list[np.ndarray]:

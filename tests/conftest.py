@@ -93,6 +93,24 @@ def write_fer_csv(path: Path, rows, header="emotion,pixels,Usage") -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def real_faces() -> np.ndarray:
+    """200 real faces, uint8 48x48: the 100 faces of scikit-image's LFW subset (its other 100 images are not faces)
+    and their mirror images."""
+    from skimage import data
+
+    faces = np.stack([cv2.resize(np.round(face * 255).astype(np.uint8), (48, 48))
+                      for face in data.lfw_subset()[:100]])
+    return np.concatenate([faces, faces[:, :, ::-1]])
+
+
+def write_real_fer_csv(path: Path, faces: np.ndarray) -> Path:
+    """A FER-2013 CSV of real ``faces``, alternately Training and PublicTest (labels 0..6 in turn), and 14 synthetic
+    PrivateTest rows."""
+    rows = [(index % 7, face, ("Training", "PublicTest")[index % 2]) for index, face in enumerate(faces)]
+    return write_fer_csv(path, rows + fer_rows(14, usages=("PrivateTest",)))
+
+
 @pytest.fixture
 def fer_csv(tmp_path) -> Path:
     return write_fer_csv(tmp_path / "fer2013.csv", fer_rows(84))

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import fer_rows, write_fer_csv
+from conftest import write_real_fer_csv
 
 pytest.importorskip("tensorflow")
 pytest.importorskip("tf2onnx")
@@ -18,18 +18,12 @@ TINY = ["--epochs", "1", "--batch-size", "16", "--widths", "8,16,16,32", "--warm
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory):
-    """Real faces (scikit-image's LFW subset and their mirror images) as FER rows; a tiny model exported with
-    mirror averaging; two one-epoch runs started from it with different seeds."""
-    import cv2
-    from skimage import data as skimage_data
-
-    faces = np.stack([cv2.resize(np.round(face * 255).astype(np.uint8), (48, 48))
-                      for face in skimage_data.lfw_subset()])
-    faces = np.concatenate([faces, faces[:, :, ::-1]])
+def two_runs(tmp_path_factory, real_faces):
+    """Real faces as FER rows; a tiny model exported with mirror averaging; two one-epoch runs started from it with
+    different seeds."""
+    faces = real_faces
     root = tmp_path_factory.mktemp("average")
-    rows = [(index % 7, face, ("Training", "PublicTest")[index % 2]) for index, face in enumerate(faces)]
-    data = write_fer_csv(root / "fer2013.csv", rows + fer_rows(14, usages=("PrivateTest",)))
+    data = write_real_fer_csv(root / "fer2013.csv", faces)
     assert fer_train(["train", "--data", str(data), "--out", str(root / "start"), *TINY]) == 0
     start = root / "start.onnx"
     assert fer_train(["export", str(root / "start"), "-o", str(start), "--data", str(data), "--tta-flip"]) == 0

@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import REPO, fer_rows, write_fer_csv
+from conftest import REPO, write_real_fer_csv
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime.quantization")
@@ -76,22 +76,9 @@ def float_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def real_faces():
-    """200 real faces, uint8 48x48: scikit-image's LFW subset (100 faces) and their mirror images."""
-    import cv2
-    from skimage import data
-
-    faces = np.stack([cv2.resize(np.round(face * 255).astype(np.uint8), (48, 48))
-                      for face in data.lfw_subset()[:100]])
-    return np.concatenate([faces, faces[:, :, ::-1]])
-
-
-@pytest.fixture(scope="module")
 def fer_data(tmp_path_factory, real_faces):
     """A FER-2013 CSV: half the real faces as Training, the other half as PublicTest, synthetic PrivateTest rows."""
-    rows = [(index % 7, face, ("Training", "PublicTest")[index % 2]) for index, face in enumerate(real_faces)]
-    rows += fer_rows(14, usages=("PrivateTest",))
-    return write_fer_csv(tmp_path_factory.mktemp("data") / "fer2013.csv", rows)
+    return write_real_fer_csv(tmp_path_factory.mktemp("data") / "fer2013.csv", real_faces)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import REPO, fer_rows, write_fer_csv
+from conftest import REPO, write_real_fer_csv
 
 pytest.importorskip("tensorflow")
 pytest.importorskip("tf2onnx")
@@ -20,21 +20,10 @@ TINY = ["--epochs", "1", "--batch-size", "16", "--widths", "8,16,16,32", "--warm
 
 
 @pytest.fixture(scope="module")
-def real_faces():
-    """200 real faces, uint8 48x48: scikit-image's LFW subset (100 faces) and their mirror images."""
-    import cv2
-    from skimage import data
-
-    faces = np.stack([cv2.resize(np.round(face * 255).astype(np.uint8), (48, 48)) for face in data.lfw_subset()])
-    return np.concatenate([faces, faces[:, :, ::-1]])
-
-
-@pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory, real_faces):
     """A tiny model trained one epoch on real faces, exported with mirror averaging baked in; and its data."""
     root = tmp_path_factory.mktemp("warm")
-    rows = [(index % 7, face, ("Training", "PublicTest")[index % 2]) for index, face in enumerate(real_faces)]
-    data = write_fer_csv(root / "fer2013.csv", rows + fer_rows(14, usages=("PrivateTest",)))
+    data = write_real_fer_csv(root / "fer2013.csv", real_faces)
     assert fer_train(["train", "--data", str(data), "--out", str(root / "run"), *TINY]) == 0
     model = root / "tiny.onnx"
     assert fer_train(["export", str(root / "run"), "-o", str(model), "--data", str(data), "--tta-flip"]) == 0

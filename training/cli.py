@@ -156,9 +156,9 @@ def _add_average(commands) -> None:
         description="A model soup: the element-wise mean of the runs' best.keras weights (runs of one architecture "
                     "that started from the same model, e.g. `train --init models/emotion.onnx` with other seeds or "
                     "recipes), its batch-norm statistics measured again as training would (training mode, "
-                    "augmented Training faces). Prints each run's and "
-                    "the average's PublicTest scores and writes a run folder for `fer-train export`, recording "
-                    "every run (the model card lists them). Costs what one model costs per face.")
+                    "augmented Training faces). Prints each run's and the average's PublicTest scores and writes a "
+                    "run folder for `fer-train export`, recording every run (the model card lists them). Costs "
+                    "what one model costs per face.")
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders (their best.keras) or .keras files")
     parser.add_argument("--out", required=True, help="the run folder to write")
     parser.add_argument("--data", default=DEFAULT_DATA, help=f"default: {DEFAULT_DATA}")
