@@ -199,6 +199,10 @@ def _label(args) -> int:
         print("fer-batch: error: --int8 is gone: the bundled model's INT8 copy is the default now (--precision "
               "float for the float model)", file=sys.stderr)
         return 2
+    if args.model and args.precision:
+        print("fer-batch: error: --precision picks a copy of the bundled model; a --model file is used as given, so "
+              "give one or the other", file=sys.stderr)
+        return 2
     config = LabelConfig(model=args.model, precision=args.precision, detector=args.detector, align=args.align,
                          every=args.every, detect_every=args.detect_every,
                          min_face=args.min_face, face_threshold=args.face_threshold, detect_size=args.detect_size,

@@ -143,6 +143,9 @@ def test_smoothing_changes_probabilities_not_rows(tmp_path, crossing_video, labe
     difference = max(abs(float(a["happy"]) - float(b["happy"])) for a, b in zip(smooth, raw))
     assert difference > 1e-4
     mismatch = run_cli("label", str(crossing_video), "-o", str(out), "--every", "2", "--smooth", "2", "--resume")
+    assert mismatch.returncode == 2 and "--smooth 1 (now 2)" in mismatch.stderr  # as OUT.run.json recorded it
+    out.with_suffix(".run.json").unlink()  # without the run record, the rows' own smooth_s column still says it
+    mismatch = run_cli("label", str(crossing_video), "-o", str(out), "--every", "2", "--smooth", "2", "--resume")
     assert mismatch.returncode == 2 and "same --smooth" in mismatch.stderr
     first = [(a, b) for a, b in zip(smooth, raw) if a["frame"] == "0"]
     assert all(a["happy"] == b["happy"] for a, b in first)  # a track starts from its raw value

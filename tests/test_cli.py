@@ -277,7 +277,8 @@ def test_precision_int8_is_the_default_labels_like_float_and_every_run_names_its
                 *extra, check=True)
         rows[name] = read_csv(out)
         info = json.loads(out.with_suffix(".run.json").read_text())
-        assert info["model"] == {"path": str(path), "precision": precision}
+        assert info["model"] == {"path": str(path), "precision": precision,
+                                 "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}  # what --resume compares
         assert f"<th>model</th><td>{path.name} ({precision})</td>" in (tmp_path / f"{name}.html").read_text()
     assert rows["default"] == rows["int8"] and rows["given"] == rows["float"]
     # Worker processes (and Ray actors) resolve the bundled copy themselves from the same option.
