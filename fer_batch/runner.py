@@ -131,6 +131,8 @@ def label_files(inputs: list[str], output: str | Path, config: LabelConfig | Non
         raise UsageError(str(error)) from None
     if config.engine not in ENGINES:
         raise UsageError(f"unknown engine {config.engine!r}; choose one of {', '.join(ENGINES)}")
+    if config.resume:  # before any worker starts
+        _check_resume_settings(output, config)
     summary = RunSummary(engine=config.engine)
     engine = _make_engine(config, recognizer, summary)  # worker processes load their models meanwhile
     try:
@@ -145,8 +147,6 @@ def label_files(inputs: list[str], output: str | Path, config: LabelConfig | Non
         wait_ready = getattr(engine, "wait_ready", None)
         if wait_ready is not None:  # worker processes or a cluster: until every worker has its models
             wait_ready()
-        if config.resume:
-            _check_resume_settings(output, config)
         with CsvSink(output, resume=config.resume, force=config.force) as sink:
             mixed = sink.smooth_values - {f"{config.smooth:g}"}
             if mixed:
