@@ -59,13 +59,13 @@ def calibrate_batch_norms(model, faces: np.ndarray, augment=None, batch_size: in
 def average_weights(models: list, names: list[str]) -> list[np.ndarray]:
     """The element-wise mean of the models' weights; ValueError naming the first model whose weights differ in
     shape from the first one's (another architecture or width)."""
-    reference = [w.shape for w in models[0].get_weights()]
-    for model, name in zip(models[1:], names[1:]):
-        shapes = [w.shape for w in model.get_weights()]
-        if shapes != reference:
+    weights = [model.get_weights() for model in models]  # each a copy of every variable: fetched once
+    reference = [w.shape for w in weights[0]]
+    for own, name in zip(weights[1:], names[1:]):
+        if [w.shape for w in own] != reference:
             raise ValueError(f"{name}: its weights differ in shape from {names[0]}'s (another architecture or "
                              f"width); only runs of one architecture can be averaged")
-    return [np.mean([model.get_weights()[i] for model in models], axis=0) for i in range(len(reference))]
+    return [np.mean(values, axis=0) for values in zip(*weights)]
 
 
 def average_runs(runs: list[str | Path], out: str | Path, data: str | Path, ferplus_votes: str | Path | None = None,
@@ -103,51 +103,47 @@ def average_runs(runs: list[str | Path], out: str | Path, data: str | Path, ferp
 
     with precision_policy("float32"):
         models = [load_float32(path) for path in paths]
-        ingredients = []
+        ingredients, starts = [], []
         for path, model in zip(paths, models):
-            # Each ingredient's own record (recipe, sessions, epochs) for the model card; where it started from is
-            # kept once, as the average's own starting point.
+            # Each ingredient's own record (recipe, sessions, epochs, time) for the model card; where it started
+            # from is kept once, as the average's own starting point.
             summary = training_summary(path, model)
-            start = summary.pop("started_from", None) or {}
+            starts.append(summary.pop("started_from", None) or {})
             summary.pop("public_test_scores", None)
-            ingredients.append({"model": str(path), "init_sha256": start.get("sha256"), "public_test": score(model),
-                                "training": summary})
-            log.info("%s: PublicTest %s", path, _describe(ingredients[-1]["public_test"]))
-        starts = {ingredient["init_sha256"] for ingredient in ingredients}
-        if len(starts) > 1:
+            ingredients.append({"model": str(path), "init_sha256": starts[-1].get("sha256"),
+                                "public_test": score(model), "training": summary})
+            log.info("%s: PublicTest %s", path, describe_scores(ingredients[-1]["public_test"]))
+        origins = {ingredient["init_sha256"] for ingredient in ingredients}
+        if len(origins) > 1:
             log.warning("the runs started from different models (%s): their average may be far worse than each",
-                        ", ".join(sorted(str(s)[:12] for s in starts)))
+                        ", ".join(sorted(str(s)[:12] for s in origins)))
         averaged = models[0]
         averaged.set_weights(average_weights(models, [str(p) for p in paths]))
         calibrate_batch_norms(averaged, calibration, config.augment, config.batch_size, seed)
         scores = score(averaged)
-        log.info("the average: PublicTest %s", _describe(scores))
+        log.info("the average: PublicTest %s", describe_scores(scores))
         out.mkdir(parents=True, exist_ok=True)
         averaged.save(out / "best.keras.tmp.keras")
         (out / "best.keras.tmp.keras").replace(out / "best.keras")
 
     from fer_batch.system import describe_hardware
 
-    first_state = _state_of(paths[0])
     config.out = str(out)
     (out / "config.json").write_text(json.dumps(config.to_json(), indent=2) + "\n")
+    hardware = describe_hardware()
     state = {"epochs_done": sum(i["training"].get("epochs_trained") or 0 for i in ingredients), "best_epoch": None,
              "best_val_accuracy": scores["public_fer_accuracy"], "best_selection": scores["selection"],
              "best_scores": {k: v for k, v in scores.items() if k.startswith("public_")},
-             "train_seconds": sum(_state_of(p).get("train_seconds", 0.0) for p in paths),
-             "hardware": describe_hardware(), "finished": True, "sessions": [],
+             "train_seconds": sum(i["training"].get("train_seconds") or 0 for i in ingredients),
+             "hardware": hardware, "finished": True, "sessions": [],
              "averaged": {"command": command or "training.average.average_runs(...)", "runs": ingredients,
-                          "calibration_faces": int(len(calibration)), "hardware": describe_hardware()}}
-    if first_state.get("init"):
-        state["init"] = first_state["init"]  # the starting model: export keeps its test-time settings
+                          "calibration_faces": int(len(calibration)), "hardware": hardware}}
+    if starts[0]:
+        state["init"] = starts[0]  # the starting model: export keeps its test-time settings
     (out / "state.json").write_text(json.dumps(state, indent=2) + "\n")
     return state
 
 
-def _state_of(path: Path) -> dict:
-    state = path.parent / "state.json"
-    return json.loads(state.read_text()) if state.exists() else {}
-
-
-def _describe(scores: dict) -> str:
-    return ", ".join(f"{key.removeprefix('public_')} {value:.4f}" for key, value in scores.items())
+def describe_scores(scores: dict, separator: str = ", ") -> str:
+    """PublicTest scores as one line: ``fer_accuracy 0.6147, ferplus_accuracy 0.8520, ...``."""
+    return separator.join(f"{key.removeprefix('public_')} {value:.4f}" for key, value in scores.items())

@@ -168,14 +168,13 @@ def _add_average(commands) -> None:
 
 
 def _average(args) -> int:
-    from training.average import average_runs
+    from training.average import average_runs, describe_scores
 
     state = average_runs(args.runs, args.out, args.data, args.ferplus_votes, command=args.command_line)
     width = max(len(run["model"]) for run in state["averaged"]["runs"])
     for name, scores in [(run["model"], run["public_test"]) for run in state["averaged"]["runs"]] + \
             [("the average", {**state["best_scores"], "selection": state["best_selection"]})]:
-        print(f"{name:<{width}}  " + "  ".join(f"{key.removeprefix('public_')} {value:.4f}"
-                                              for key, value in scores.items()))
+        print(f"{name:<{width}}  " + describe_scores(scores, "  "))
     print(f"wrote {Path(args.out) / 'best.keras'}; next: fer-train export {args.out} -o FILE.onnx")
     return 0
 
