@@ -100,6 +100,18 @@ def test_batch_norms_get_the_statistics_training_would_give_them(two_runs):
         calibrate_batch_norms(model, faces[:10], AugmentConfig.none(), batch_size=64)
 
 
+def test_the_same_command_gives_the_same_model(two_runs, tmp_path):
+    """The calibration runs dropout in training mode; its masks are seeded, so an average can be made again."""
+    from training.export import load_float32
+
+    data, _, run1, run2, _ = two_runs
+    for name in ("a", "b"):
+        assert fer_train(["average", str(run1), str(run2), "--out", str(tmp_path / name), "--data", str(data)]) == 0
+    first, second = (load_float32(tmp_path / name / "best.keras").get_weights() for name in ("a", "b"))
+    for one, two in zip(first, second):
+        np.testing.assert_array_equal(one, two)
+
+
 def test_average_refuses_one_run_other_architectures_and_a_used_folder(two_runs, tmp_path, capsys):
     data, _, run1, run2, _ = two_runs
     assert fer_train(["average", str(run1), "--out", str(tmp_path / "a"), "--data", str(data)]) == 2

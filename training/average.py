@@ -77,8 +77,13 @@ def average_runs(runs: list[str | Path], out: str | Path, data: str | Path, ferp
     from training.model import precision_policy
     from training.train import TrainConfig, public_test_scores, selection_score
 
+    import keras
+
     if len(runs) < 2:
         raise ValueError("average needs two or more runs")
+    # The calibration runs dropout: its masks come from Keras' generators, seeded here (before the models are
+    # loaded, which creates them) so the same command gives the same model.
+    keras.utils.set_random_seed(seed)
     out = Path(out)
     if (out / "state.json").exists() or (out / "best.keras").exists():
         raise FileExistsError(f"{out}: holds a run already; pick another --out")
