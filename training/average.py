@@ -72,12 +72,12 @@ def average_runs(runs: list[str | Path], out: str | Path, data: str | Path, ferp
                  seed: int = 1337, command: str | None = None) -> dict:
     """Average the best.keras of ``runs`` (run folders or .keras files) into the run folder ``out``; returns its
     state (the ingredients' and the average's PublicTest scores)."""
+    import keras
+
     from training import data as fer_data
     from training.export import load_float32, resolve_model_path, training_summary
     from training.model import precision_policy
     from training.train import TrainConfig, public_test_scores, selection_score
-
-    import keras
 
     if len(runs) < 2:
         raise ValueError("average needs two or more runs")
