@@ -427,3 +427,60 @@ def test_training_modules_import_in_one_direction():
                      and node.module == "training" for alias in node.names}
         for other in imported:
             assert level[other] < level[name], f"training/{name}.py imports training/{other}.py"
+
+
+def test_the_logit_adjusted_loss_is_cross_entropy_of_the_shifted_output():
+    from training.losses import LogitAdjustedCrossentropy, adjust_probabilities
+
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(7), size=32).astype(np.float32)
+    targets = rng.dirichlet(np.ones(7), size=32).astype(np.float32)
+    prior = rng.dirichlet(np.ones(7) * 3)
+    loss = LogitAdjustedCrossentropy(np.log(prior), tau=0.7, label_smoothing=0.1)
+    smoothed = targets * 0.9 + 0.1 / 7
+    expected = -(smoothed * np.log(adjust_probabilities(probabilities, np.log(prior), 0.7))).sum(axis=1).mean()
+    assert float(loss(targets, probabilities)) == pytest.approx(expected, rel=1e-4)
+    # tau 0 is plain cross-entropy; the shift moves probability towards the common classes
+    assert float(LogitAdjustedCrossentropy(np.log(prior), tau=0.0)(targets, probabilities)) == pytest.approx(
+        -(targets * np.log(probabilities)).sum(axis=1).mean(), rel=1e-4)
+    common = int(prior.argmax())
+    assert (adjust_probabilities(probabilities, np.log(prior), 1.0)[:, common] > probabilities[:, common]).all()
+    rebuilt = LogitAdjustedCrossentropy.from_config(loss.get_config())
+    assert float(rebuilt(targets, probabilities)) == pytest.approx(float(loss(targets, probabilities)))
+
+
+def test_a_logit_adjusted_run_records_resumes_and_exports_its_shift(tmp_path):
+    """--logit-adjust: the run records the class prior and the output shift it chose on PublicTest, resumes (the
+    loss is rebuilt from last.keras), and export bakes the shift into the logits (or the one --prior-power gives)."""
+    from conftest import fer_rows, write_fer_csv
+
+    from fer_batch.onnx import make_session
+    from training import export
+    from training.losses import adjust_probabilities
+
+    data = write_fer_csv(tmp_path / "fer2013.csv.gz", fer_rows(140))
+    run = tmp_path / "run"
+    options = ["--data", str(data), "--out", str(run), "--logit-adjust", "1.0", *TINY]
+    assert fer_train(["train", *options]) == 0
+    state = json.loads((run / "state.json").read_text())
+    prior = np.asarray(state["class_prior"])
+    assert prior.shape == (7,) and prior.sum() == pytest.approx(1.0, abs=1e-4) and 0 <= state["prior_power"] <= 1
+    recipe = export.training_summary(run / "best.keras", export.load_float32(run / "best.keras"))["recipe"]
+    assert "logit-adjusted loss, tau 1" in recipe
+    config = json.loads((run / "config.json").read_text())
+    config["epochs"] = 2
+    (run / "config.json").write_text(json.dumps(config))
+    assert fer_train(["train", "--out", str(run), "--resume"]) == 0
+    state = json.loads((run / "state.json").read_text())
+    assert state["epochs_done"] == 2
+
+    faces = np.random.default_rng(1).integers(0, 255, (16, 48, 48), np.uint8)
+    keras_model = export.load_float32(run / "best.keras")
+    plain = np.asarray(keras_model.predict(faces.astype(np.float32)[..., None], verbose=0))
+    for power, name in ((None, "chosen.onnx"), (1.0, "one.onnx")):
+        summary = export.export(run, tmp_path / name, data=None, prior_power=power)
+        session = make_session(str(tmp_path / name))
+        got = session.run(None, {session.get_inputs()[0].name: faces.astype(np.float32)[..., None]})[0]
+        chosen = state["prior_power"] if power is None else power
+        assert summary["output_shift"]["prior_power"] == chosen
+        np.testing.assert_allclose(got, adjust_probabilities(plain, np.log(prior), chosen), atol=1e-5)

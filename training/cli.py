@@ -53,6 +53,13 @@ def _add_recipe_options(parser, defaults) -> None:
     parser.add_argument("--seed", type=int, help=f"random seed (default {defaults.seed})")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"),
                         help="auto: bf16 mixed precision on a GPU or a CPU with native bf16, else fp32")
+    parser.add_argument("--logit-adjust", type=float, metavar="TAU",
+                        help="train with the logit-adjusted loss (the loss sees softmax(log p + TAU log prior), so "
+                             "the network must learn the rare classes); each epoch chooses on PublicTest the output "
+                             "shift P in [0, TAU] that `export` bakes in (default 0: plain cross-entropy)")
+    parser.add_argument("--neutral-floor", type=float, metavar="RECALL",
+                        help="with --logit-adjust: choose the output shift among those keeping PublicTest FER+ "
+                             "neutral recall >= RECALL (default 0)")
     augment = parser.add_argument_group("augmentation (on the host, NumPy/OpenCV; never in the exported graph)")
     augment.add_argument("--no-augment", action="store_true", help="train without augmentation")
     augment.add_argument("--mixup", type=float, help="mixup with Beta(a, a) weights (default off)")
@@ -79,7 +86,8 @@ def _recipe(args, **extra):
         "label_smoothing": args.label_smoothing, "patience": args.patience, "seed": args.seed,
         "precision": args.precision, "ferplus": args.ferplus, "ferplus_votes": args.ferplus_votes,
         "ferplus_weight": args.ferplus_weight, "class_weight_power": args.class_weight_power,
-        "init": args.init, "select": args.select,
+        "init": args.init, "select": args.select, "logit_adjust": args.logit_adjust,
+        "neutral_floor": args.neutral_floor,
         "widths": tuple(int(w) for w in args.widths.split(",")) if args.widths else None,
         **extra,
     }.items() if value is not None}
@@ -304,9 +312,11 @@ def _add_export(commands) -> None:
     parser = commands.add_parser(
         "export", help="export a .keras model (or a run folder's best.keras) to ONNX",
         description="Writes ONNX with a dynamic batch axis, float32 NHWC 0..255 input, softmax output and metadata "
-                    "(labels, input size, layout, pixel scaling, training summary), then checks Keras and "
-                    "onnxruntime agree within 1e-4 on real images.")
-    parser.add_argument("model", help="a .keras file, or a run folder (its best.keras is used)")
+                    "(labels, input size, layout, pixel scaling, training summary) in a graph OpenCV's DNN module "
+                    "runs too, then checks Keras against onnxruntime, and OpenCV against onnxruntime, within 1e-4 "
+                    "on real images. Given an exported .onnx file, writes the same weights in today's graph.")
+    parser.add_argument("model", help="a .keras file, a run folder (its best.keras is used), or an exported "
+                                      "fer-batch .onnx file to re-export")
     parser.add_argument("-o", "--output", required=True, help="the .onnx file to write")
     parser.add_argument("--data", default=DEFAULT_DATA,
                         help="images for the parity check and the summary's PublicTest score "
@@ -315,13 +325,17 @@ def _add_export(commands) -> None:
                         help="bake mirror averaging into the graph (each face classified as it is and mirrored); "
                              "default: as the model the run started from (--init), else off")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    parser.add_argument("--prior-power", type=float, metavar="P",
+                        help="for a run trained with --logit-adjust: the output shift softmax(log p + P log prior) "
+                             "baked into the logits' bias (default: the one the run chose on PublicTest)")
     parser.set_defaults(run=_export)
 
 
 def _export(args) -> int:
     from training.export import export
 
-    export(args.model, args.output, data=args.data, tta_flip=args.tta_flip, opset=args.opset)
+    export(args.model, args.output, data=args.data, tta_flip=args.tta_flip, opset=args.opset,
+           prior_power=args.prior_power)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 

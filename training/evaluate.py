@@ -27,11 +27,18 @@ class Report:
     labels: str = "FER-2013"  # which label set: FER-2013's own, or FER+'s majority (see FERPLUS_DEFINITION)
     mean_recall: float = 0.0  # mean of the per-class recalls over the classes with faces
 
+    def weakest_class(self) -> tuple[str, float]:
+        """The class with the lowest recall among those with faces, and its recall."""
+        return min(((name, recall) for name, recall, faces in zip(EMOTIONS, self.recall, self.support) if faces),
+                   key=lambda item: item[1], default=("-", 0.0))
+
     def format(self) -> str:
         """Plain text: the accuracy line first (``accuracy 0.xxxx``), then per-class metrics and the matrix."""
         neutral = self.recall[EMOTIONS.index("neutral")]
+        weakest, weakest_recall = self.weakest_class()
         lines = [f"accuracy {self.accuracy:.4f}",
-                 f"mean per-class recall {self.mean_recall:.4f}, neutral recall {neutral:.4f}",
+                 f"mean per-class recall {self.mean_recall:.4f}, weakest class {weakest} {weakest_recall:.4f}, "
+                 f"neutral recall {neutral:.4f}",
                  f"{self.split}: {self.count} faces, {self.labels} labels, model {self.model}" +
                  (" (+ flip averaging)" if self.tta_flip else "")]
         if self.labels != "FER-2013":

@@ -2,6 +2,11 @@
 
 ``tf2onnx.convert.from_keras`` fails on Keras 3 (KeyError 'keras_tensor_...'), so the model is wrapped in a
 ``tf.function`` with an explicit input signature and converted with ``tf2onnx.convert.from_function``.
+
+The graph is written to run wherever ONNX runs, OpenCV's DNN module included: the mirror for test-time averaging is
+a Gather of constant column indices (``tf.reverse`` became ReverseSequence + Expand, which OpenCV cannot import) and
+Flatten is a Reshape to a constant shape (-1, features) instead of one computed from the input's shape. Every export
+is checked twice on real faces: Keras against onnxruntime, and OpenCV's DNN against onnxruntime (``check_opencv``).
 """
 
 from __future__ import annotations
@@ -49,13 +54,57 @@ def load_float32(path: Path):
 
 
 def with_flip_averaging(model):
-    """A model whose output averages the probabilities of each face and its mirror image."""
+    """A model whose output averages the probabilities of each face and its mirror image (the mirror a Gather of
+    constant column indices, which every ONNX runtime has)."""
     import keras
 
     inputs = keras.Input(model.input_shape[1:], name="pixels")
-    mirrored = keras.layers.Lambda(lambda x: keras.ops.flip(x, axis=2), name="mirror")(inputs)
+    columns = np.arange(model.input_shape[2] - 1, -1, -1, dtype=np.int32)
+    mirrored = keras.layers.Lambda(lambda x: keras.ops.take(x, columns, axis=2), name="mirror")(inputs)
     averaged = keras.layers.Average(name="probabilities")([model(inputs), model(mirrored)])
     return keras.Model(inputs, averaged, name=f"{model.name}_flip_avg")
+
+
+def portable(model):
+    """The same layers (shared weights) re-wired with each Flatten as a Reshape to (-1, features): a constant shape
+    in the ONNX graph, not Shape/Slice/Concat (OpenCV's importer returned (N, 1, 7) for batches from those). The
+    fer-train architectures are chains, which this relies on and checks."""
+    import keras
+
+    inputs = keras.Input(model.input_shape[1:], name="pixels")
+    x = inputs
+    for layer in model.layers[1:]:
+        if len(layer._inbound_nodes) != 1 or len(layer._inbound_nodes[0].input_tensors) != 1:
+            raise ExportError(f"{model.name}: layer {layer.name} is not part of a chain; cannot re-wire it")
+        if isinstance(layer, keras.layers.Flatten):
+            features = int(np.prod(layer.input.shape[1:]))
+            x = keras.layers.Lambda(lambda t, n=features: keras.ops.reshape(t, (-1, n)), name=layer.name)(x)
+        else:
+            x = layer(x)
+    return keras.Model(inputs, x, name=model.name)
+
+
+def output_shift(run: Path, prior_power: float | None) -> dict | None:
+    """For a run trained with ``--logit-adjust``: the shift to bake into the logits' bias, ``power`` x log of the
+    class prior (``prior_power`` None: the power the run chose on PublicTest with its best checkpoint)."""
+    state_path = run / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    if "class_prior" not in state:
+        if prior_power is not None:
+            raise ExportError(f"{run}: --prior-power needs a run trained with --logit-adjust (its state.json records "
+                              "the class prior); this one has none")
+        return None
+    power = float(state.get("prior_power", 0.0) if prior_power is None else prior_power)
+    prior = np.asarray(state["class_prior"], np.float64)
+    return {"prior_power": power, "class_prior": [float(p) for p in prior],
+            "chosen_on": "PublicTest" if prior_power is None else "--prior-power"}
+
+
+def apply_output_shift(model, shift: dict) -> None:
+    """Add ``prior_power * log(class_prior)`` to the logits layer's bias: softmax(logits + P log prior), no cost."""
+    logits = model.get_layer("logits")
+    bias = logits.bias.numpy() + shift["prior_power"] * np.log(np.asarray(shift["class_prior"]))
+    logits.bias.assign(bias.astype(np.float32))
 
 
 def training_summary(path: Path, model) -> dict:
@@ -127,22 +176,79 @@ def check_parity(model, onnx_path: Path, images: np.ndarray) -> float:
     return difference
 
 
+def check_opencv(onnx_path: Path, images: np.ndarray, tolerance: float = PARITY_TOLERANCE,
+                 batch: int = 32) -> float:
+    """Largest absolute difference between OpenCV DNN's and onnxruntime's probabilities on ``images`` (in batches
+    of ``batch``); raises ExportError when OpenCV cannot load or run the file, or differs above ``tolerance``."""
+    import cv2
+
+    from fer_batch.onnx import make_session
+
+    pixels = images.astype(np.float32)[..., None]
+    session = make_session(str(onnx_path))
+    expected = session.run(None, {session.get_inputs()[0].name: pixels})[0]
+    try:
+        net = cv2.dnn.readNetFromONNX(str(onnx_path))
+        got = []
+        for start in range(0, len(pixels), batch):
+            net.setInput(pixels[start:start + batch])
+            got.append(np.asarray(net.forward()).reshape(-1, expected.shape[1]))
+    except cv2.error as error:
+        lines = [line.strip("> ").strip() for line in str(error).splitlines()]
+        reason = next((line for line in lines if line.startswith("Node [")), " ".join(filter(None, lines)))[:300]
+        raise ExportError(f"{onnx_path}: OpenCV {cv2.__version__}'s DNN module cannot run it: {reason}") from None
+    difference = float(np.abs(np.concatenate(got) - expected).max())
+    if not difference <= tolerance:
+        raise ExportError(f"{onnx_path}: OpenCV {cv2.__version__}'s DNN and onnxruntime differ by {difference:.2e} "
+                          f"on {len(images)} real faces (tolerance {tolerance:.0e})")
+    return difference
+
+
+def _from_onnx(path: Path, faces: np.ndarray):
+    """A Keras model rebuilt from an exported fer-batch ONNX file and that file's own training summary: re-exports
+    the same weights with today's graph."""
+    from training.warmstart import keras_from_onnx, sha256_of
+
+    start = keras_from_onnx(path, faces)
+    summary = dict(start.training)
+    summary["re_exported_from"] = {"file": path.name, "sha256": sha256_of(path)}
+    summary.pop("opencv_dnn", None)
+    return start.model, summary, start.test_time_flip_averaging
+
+
 def export(model: str | Path, output: str | Path, data: str | Path | None = None, tta_flip: bool | None = None,
-           opset: int = 17) -> dict:
-    """Convert a .keras model (or a run folder's best.keras) to ONNX at ``output``; returns the training summary.
-    ``tta_flip`` None: as the model the run started from (``--init``), else off."""
+           opset: int = 17, prior_power: float | None = None) -> dict:
+    """Convert a .keras model (or a run folder's best.keras, or an exported fer-batch .onnx file: the same weights
+    in today's graph) to ONNX at ``output``; returns the training summary. ``tta_flip`` None: as the model the run
+    started from (``--init``) or the .onnx file, else off. ``prior_power``: see output_shift."""
     import onnx
     import tensorflow as tf
     import tf2onnx
 
     from training.model import precision_policy
 
-    path = resolve_model_path(model)
+    # A run folder's own faces where it keeps them (fer-train finetune: RUN/faces.npz), else --data's.
+    run_faces = (Path(model) if Path(model).is_dir() else Path(model).parent) / "faces.npz"
+    faces = parity_images(run_faces if Path(model).suffix != ".onnx" and run_faces.is_file() else data)
     with precision_policy("float32"):  # a process that trained in bf16 exports float32 all the same
-        keras_model = load_float32(path)
-        summary = training_summary(path, keras_model)
-        if tta_flip is None:
-            tta_flip = bool(summary.get("started_from", {}).get("test_time_flip_averaging", False))
+        if Path(model).suffix == ".onnx":
+            path = Path(model)
+            keras_model, summary, recorded_flip = _from_onnx(path, faces)
+            if prior_power is not None:
+                raise ExportError(f"{path}: --prior-power applies to a run trained with --logit-adjust; an exported "
+                                  "file's shift is already in its weights")
+            tta_flip = recorded_flip if tta_flip is None else tta_flip
+        else:
+            path = resolve_model_path(model)
+            keras_model = load_float32(path)
+            summary = training_summary(path, keras_model)
+            shift = output_shift(path.parent, prior_power)
+            if shift:
+                apply_output_shift(keras_model, shift)
+                summary["output_shift"] = shift
+            if tta_flip is None:
+                tta_flip = bool(summary.get("started_from", {}).get("test_time_flip_averaging", False))
+        keras_model = portable(keras_model)
         if tta_flip:
             keras_model = with_flip_averaging(keras_model)
     summary["test_time_flip_averaging"] = tta_flip
@@ -171,7 +277,8 @@ def export(model: str | Path, output: str | Path, data: str | Path | None = None
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(onnx_model, str(output))
-    difference = check_parity(keras_model, output, parity_images(data))
-    log.info("exported %s -> %s (%d parameters, %.1f MFLOPs per face); parity max |diff| %.2e", path, output,
-             summary["parameters"], summary["flops_per_face"] / 1e6, difference)
+    difference = check_parity(keras_model, output, faces)
+    opencv = check_opencv(output, faces)
+    log.info("exported %s -> %s (%d parameters, %.1f MFLOPs per face); parity max |diff| %.2e, OpenCV DNN %.2e",
+             path, output, summary["parameters"], summary["flops_per_face"] / 1e6, difference, opencv)
     return summary

@@ -48,6 +48,8 @@ class TrainConfig:
     patience: int = 15  # epochs without a better PublicTest accuracy before stopping
     seed: int = 1337
     precision: str = "auto"  # auto, bf16 or fp32
+    logit_adjust: float = 0.0  # tau of the logit-adjusted loss (training/losses.py); 0: plain cross-entropy
+    neutral_floor: float = 0.0  # the output shift is chosen among those keeping PublicTest neutral recall >= this
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     @classmethod
@@ -154,6 +156,7 @@ def make_datasets(config: TrainConfig, dataset: fer_data.Dataset, run: Path):
         log.info("class weights: %s", dict(zip(fer_data.EMOTIONS, np.round(weights, 3).tolist())))
     sample_weights = weights[top]
     steps = len(train_x) // config.batch_size
+    prior = class_prior(train_y)
 
     class Batches(keras.utils.PyDataset):
         """One epoch of augmented batches; the order and augmentation of epoch e depend only on (seed, e), so a
@@ -185,7 +188,15 @@ def make_datasets(config: TrainConfig, dataset: fer_data.Dataset, run: Path):
         def on_epoch_end(self):
             self.set_epoch(self.epoch + 1)
 
-    return Batches(), steps
+    batches = Batches()
+    batches.prior = prior  # the targets' class shares: what the logit-adjusted loss and the output shift use
+    return batches, steps
+
+
+def class_prior(targets: np.ndarray) -> np.ndarray:
+    """Each class's share of the (soft) Training targets, float64, every share above zero."""
+    prior = np.maximum(targets.astype(np.float64).mean(axis=0), 1e-6)
+    return prior / prior.sum()
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int):
@@ -235,6 +246,8 @@ def _make_run_callback(run: Path, config: TrainConfig, state: dict):
             if score > state.get("best_selection", state.get("best_val_accuracy", -1.0)):
                 state.update(best_val_accuracy=val_accuracy, best_selection=score, best_epoch=epoch + 1,
                              best_scores={k: round(float(v), 5) for k, v in logs.items() if k.startswith("public_")})
+                if "prior_power" in logs:  # the output shift chosen with this checkpoint: what export bakes in
+                    state["prior_power"] = float(logs["prior_power"])
                 self.model.save(run / "best.keras.tmp.keras")  # replaced whole: a kill never leaves half a file
                 (run / "best.keras.tmp.keras").replace(run / "best.keras")
             # last.keras is written after best.keras and before state.json: a crash leaves a consistent pair.
@@ -254,7 +267,8 @@ def _make_run_callback(run: Path, config: TrainConfig, state: dict):
 
 def public_test_scores(probabilities: np.ndarray, fer_labels: np.ndarray, ferplus: np.ndarray | None) -> dict:
     """PublicTest figures from a model's probabilities: FER accuracy, and where FER+ majority labels are given
-    (-1 where a face has none: see training.data.ferplus_labels) FER+ accuracy, per-class and neutral recall."""
+    (-1 where a face has none: see training.data.ferplus_labels) FER+ accuracy, mean per-class recall and every
+    class's recall (``public_ferplus_<emotion>_recall``)."""
     from training.metrics import per_class_recall
 
     predicted = probabilities.argmax(axis=1)
@@ -264,7 +278,8 @@ def public_test_scores(probabilities: np.ndarray, fer_labels: np.ndarray, ferplu
         recall = per_class_recall(ferplus[keep], predicted[keep])
         scores.update(public_ferplus_accuracy=float((predicted[keep] == ferplus[keep]).mean()),
                       public_ferplus_mean_recall=float(np.nanmean(recall)),
-                      public_ferplus_neutral_recall=float(recall[fer_data.EMOTIONS.index("neutral")]))
+                      **{f"public_ferplus_{emotion}_recall": float(value)
+                         for emotion, value in zip(fer_data.EMOTIONS, recall)})
     return scores
 
 
@@ -274,10 +289,31 @@ def selection_score(config: TrainConfig, scores: dict) -> float:
     return scores["public_fer_accuracy"]
 
 
-def _make_scores_callback(config: TrainConfig, dataset: fer_data.Dataset):
+PRIOR_POWER_STEP = 0.1  # the grid of output shifts tried on PublicTest: 0, 0.1, ..., tau
+
+
+def choose_prior_power(config: TrainConfig, probabilities: np.ndarray, fer_labels: np.ndarray,
+                       ferplus: np.ndarray | None, log_prior: np.ndarray) -> tuple[float, dict]:
+    """The output shift P in [0, tau] (softmax(log p + P log prior)) with the best selection score on PublicTest,
+    among the shifts that keep FER+ neutral recall >= ``config.neutral_floor`` (all of them, if none does);
+    returns P and the scores at P."""
+    from training.losses import adjust_probabilities
+
+    best = None
+    for power in np.round(np.arange(0.0, config.logit_adjust + 1e-9, PRIOR_POWER_STEP), 2):
+        scores = public_test_scores(adjust_probabilities(probabilities, log_prior, power), fer_labels, ferplus)
+        keeps = scores.get("public_ferplus_neutral_recall", 1.0) >= config.neutral_floor
+        key = (keeps, selection_score(config, scores))
+        if best is None or key > best[0]:
+            best = (key, float(power), scores)
+    return best[1], best[2]
+
+
+def _make_scores_callback(config: TrainConfig, dataset: fer_data.Dataset, prior: np.ndarray):
     """Per epoch, before the run folder's callback: PublicTest's figures into the logs (log.csv) from one pass over
     it - ``val_loss`` and ``val_accuracy`` on FER's labels (what Keras' own validation would give), FER+'s figures,
-    and the score that chooses the checkpoint (``selection``)."""
+    and the score that chooses the checkpoint (``selection``). With ``--logit-adjust`` the figures are those of the
+    best output shift (``prior_power``, see choose_prior_power), the one export bakes in."""
     import keras
 
     images, fer_labels = dataset.split("PublicTest")
@@ -293,10 +329,17 @@ def _make_scores_callback(config: TrainConfig, dataset: fer_data.Dataset):
     class Scores(keras.callbacks.Callback):
         def score(self) -> dict:
             probabilities = np.asarray(self.model.predict(batch, batch_size=512, verbose=0), np.float32)
+            shift = {}
+            if config.logit_adjust > 0:
+                from training.losses import adjust_probabilities
+
+                power, _ = choose_prior_power(config, probabilities, fer_labels, ferplus, np.log(prior))
+                probabilities = adjust_probabilities(probabilities, np.log(prior), power)
+                shift = {"prior_power": power}
             scores = public_test_scores(probabilities, fer_labels, ferplus)
             return {"val_accuracy": scores["public_fer_accuracy"],
                     "val_loss": float(keras.ops.convert_to_numpy(loss(one_hot, probabilities))), **scores,
-                    "selection": selection_score(config, scores)}
+                    "selection": selection_score(config, scores), **shift}
 
         def on_train_begin(self, logs=None):
             log.info("PublicTest before this session: %s", ", ".join(
@@ -333,6 +376,9 @@ def train(config: TrainConfig, resume: bool = False, command: str | None = None)
 
         state = {"epochs_done": 0, "best_val_accuracy": -1.0, "best_epoch": 0, "train_seconds": 0.0,
                  "hardware": describe_hardware()}
+        if config.logit_adjust < 0 or not 0.0 <= config.neutral_floor <= 1.0:
+            raise ValueError(f"--logit-adjust {config.logit_adjust:g} / --neutral-floor {config.neutral_floor:g}: "
+                             "give tau >= 0 and a recall between 0 and 1")
 
     keras.utils.set_random_seed(config.seed + state["epochs_done"])
     policy = _precision_policy(config.precision)
@@ -350,6 +396,11 @@ def train(config: TrainConfig, resume: bool = False, command: str | None = None)
     log.info("loaded %s in %.1f s: %s", dataset.source, time.time() - started, dataset.counts())
     train_data, steps = make_datasets(config, dataset, run)
     train_data.set_epoch(state["epochs_done"])
+    if config.logit_adjust > 0:
+        state["class_prior"] = [round(float(share), 6) for share in train_data.prior]
+        log.info("logit-adjusted loss, tau %g; class prior %s", config.logit_adjust,
+                 dict(zip(fer_data.EMOTIONS, state["class_prior"])))
+    from training import losses  # registers the logit-adjusted loss before last.keras is loaded
 
     if resume:
         model = keras.models.load_model(run / "last.keras")
@@ -372,14 +423,18 @@ def train(config: TrainConfig, resume: bool = False, command: str | None = None)
             _write_json(run / "state.json", state)
         optimizer = make_optimizer(config, steps)
     # On TensorFlow, XLA is slower than oneDNN on CPU (benchmarks/train_speed.py); JAX always compiles.
-    model.compile(optimizer=optimizer,
-                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-                  metrics=["accuracy"], jit_compile=keras.backend.backend() != "tensorflow")
+    if config.logit_adjust > 0:
+        loss = losses.LogitAdjustedCrossentropy(np.log(train_data.prior), config.logit_adjust, config.label_smoothing)
+    else:
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"],
+                  jit_compile=keras.backend.backend() != "tensorflow")
     log.info("model %s: %d parameters, backend %s on %s, precision %s, %d steps per epoch", model.name,
              model.count_params(), keras.backend.backend(), _accelerator() or "cpu", policy, steps)
     if state["epochs_done"] < config.epochs:
         model.fit(train_data, epochs=config.epochs, initial_epoch=state["epochs_done"],
-                  callbacks=[_make_scores_callback(config, dataset), _make_run_callback(run, config, state)],
+                  callbacks=[_make_scores_callback(config, dataset, train_data.prior),
+                             _make_run_callback(run, config, state)],
                   shuffle=False,
                   verbose=1 if sys.stderr.isatty() else 2)
     state["finished"] = True
@@ -458,6 +513,9 @@ def describe_recipe(config: TrainConfig) -> str:
     targets = "FER-2013 labels" if not config.ferplus else "FER+ majority labels"
     if config.ferplus_weight:
         targets += f", moved {config.ferplus_weight} towards FER+ vote distributions"
+    if config.logit_adjust:
+        targets += (f"; logit-adjusted loss, tau {config.logit_adjust:g} (output shift chosen on PublicTest"
+                    + (f", neutral recall >= {config.neutral_floor:g}" if config.neutral_floor else "") + ")")
     if config.teachers:
         targets += (f", moved {config.teacher_weight} towards the mean of {len(config.teachers)} teacher(s) "
                     f"({', '.join(config.teachers)})")
