@@ -14,6 +14,44 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Every process the tests start carries this mark in its environment (children inherit it, daemons and new
+# sessions included), so the session's end can find and stop any that outlived their test: a leftover server,
+# browser or worker holding the terminal's output open would keep CI waiting after pytest is done. No test opens a
+# real browser: webbrowser.open runs `true`.
+SESSION_MARK = f"{os.getpid()}-{os.urandom(6).hex()}"
+os.environ["FER_BATCH_TEST_SESSION"] = SESSION_MARK
+os.environ["BROWSER"] = "true"
+
+
+def _marked_processes() -> list[tuple[int, str]]:
+    """(pid, command line) of every other process whose environment carries this session's mark."""
+    found = []
+    needle = f"FER_BATCH_TEST_SESSION={SESSION_MARK}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                found.append((int(entry.name), command.strip()[:200]))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import signal
+
+    leftovers = _marked_processes() if Path("/proc/self/environ").exists() else []
+    for pid, _ in leftovers:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    if leftovers:
+        print(f"\nconftest: stopped {len(leftovers)} process(es) the tests left running: " +
+              "; ".join(f"{pid} {command}" for pid, command in leftovers), file=sys.stderr)
 # Where the face is in skimage.data.astronaut() (512x512), x1 y1 x2 y2, checked by eye.
 ASTRONAUT_FACE = (178, 57, 273, 177)
 
