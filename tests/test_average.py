@@ -124,3 +124,23 @@ def test_average_refuses_one_run_other_architectures_and_a_used_folder(two_runs,
     assert not (tmp_path / "b" / "best.keras").exists()
     assert fer_train(["average", str(run1), str(run2), "--out", str(run1), "--data", str(data)]) == 2
     assert "holds a run already" in capsys.readouterr().err
+
+
+def test_logit_adjusted_runs_average_at_their_best_shift(two_runs, tmp_path, capsys):
+    """Runs trained with --logit-adjust: the average is scored at its best output shift on PublicTest, which its
+    state records with the class prior for export; a plain run and an adjusted one are not averaged."""
+    data, start, run1, _, _ = two_runs
+    adjusted = []
+    for seed in ("3", "4"):
+        adjusted.append(tmp_path / f"la{seed}")
+        assert fer_train(["train", "--data", str(data), "--init", str(start), "--seed", seed, "--lr", "0.05",
+                          "--logit-adjust", "1.0", "--out", str(adjusted[-1]), *TINY]) == 0
+    out = tmp_path / "soup"
+    assert fer_train(["average", *map(str, adjusted), "--out", str(out), "--data", str(data)]) == 0
+    state = json.loads((out / "state.json").read_text())
+    prior = json.loads((adjusted[0] / "state.json").read_text())["class_prior"]
+    assert state["class_prior"] == pytest.approx(prior) and 0.0 <= state["prior_power"] <= 1.0
+    assert all("prior_power" in run["public_test"] for run in state["averaged"]["runs"])
+    assert fer_train(["average", str(run1), str(adjusted[0]), "--out", str(tmp_path / "mixed"), "--data",
+                      str(data)]) != 0
+    assert "different class priors" in capsys.readouterr().err

@@ -77,7 +77,7 @@ def average_runs(runs: list[str | Path], out: str | Path, data: str | Path, ferp
     from training import data as fer_data
     from training.export import load_float32, resolve_model_path, training_summary
     from training.model import precision_policy
-    from training.train import TrainConfig, public_test_scores, selection_score
+    from training.train import TrainConfig, choose_prior_power, public_test_scores, selection_score
 
     if len(runs) < 2:
         raise ValueError("average needs two or more runs")
@@ -101,10 +101,24 @@ def average_runs(runs: list[str | Path], out: str | Path, data: str | Path, ferp
     if ferplus is None and config.select == "ferplus":
         raise ValueError(f"{paths[0]} was chosen with --select ferplus: give --ferplus-votes fer2013new.csv")
 
+    # Runs trained with --logit-adjust are scored, and the average exported, at their best output shift.
+    priors = {tuple(json.loads((path.parent / "state.json").read_text()).get("class_prior", ()))
+              if (path.parent / "state.json").exists() else () for path in paths}
+    if len(priors) > 1:
+        raise ValueError("the runs were trained with different class priors (with and without --logit-adjust, or on "
+                         "other targets): their outputs mean different things")
+    prior = np.asarray(priors.pop(), np.float64)
+
     def score(model) -> dict:
         probabilities = np.asarray(model.predict(images.astype(np.float32)[..., None], batch_size=512, verbose=0))
-        scores = public_test_scores(probabilities, fer_labels, ferplus)
-        return {**{k: round(v, 5) for k, v in scores.items()}, "selection": round(selection_score(config, scores), 5)}
+        shift = {}
+        if prior.size and config.logit_adjust > 0:
+            power, scores = choose_prior_power(config, probabilities, fer_labels, ferplus, np.log(prior))
+            shift = {"prior_power": power}
+        else:
+            scores = public_test_scores(probabilities, fer_labels, ferplus)
+        return {**{k: round(v, 5) for k, v in scores.items()}, "selection": round(selection_score(config, scores), 5),
+                **shift}
 
     with precision_policy("float32"):
         models = [load_float32(path) for path in paths]
@@ -143,6 +157,8 @@ def average_runs(runs: list[str | Path], out: str | Path, data: str | Path, ferp
              "hardware": hardware, "finished": True, "sessions": [],
              "averaged": {"command": command or "training.average.average_runs(...)", "runs": ingredients,
                           "calibration_faces": int(len(calibration)), "hardware": hardware}}
+    if "prior_power" in scores:  # what export bakes into the logits, as for a logit-adjusted run of its own
+        state.update(class_prior=prior.tolist(), prior_power=scores["prior_power"])
     if starts[0]:
         state["init"] = starts[0]  # the starting model: export keeps its test-time settings
     (out / "state.json").write_text(json.dumps(state, indent=2) + "\n")
