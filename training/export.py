@@ -113,6 +113,9 @@ def training_summary(path: Path, model) -> dict:
 
     summary: dict = {"parameters": int(model.count_params()), "flops_per_face": count_flops(model),
                      "keras_file": path.name}
+    if model.name == "fer_vgg":  # what a warm start rebuilds (a run folder's config.json says it too, below)
+        convs = [layer.filters for layer in model.layers if type(layer).__name__ == "Conv2D"]
+        summary["architecture"] = {"arch": "vgg", "widths": convs[::2]}
     run = path.parent
     if (run / "config.json").exists() and (run / "state.json").exists():
         from training.train import TrainConfig, describe_recipe
