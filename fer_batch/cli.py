@@ -131,6 +131,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the page to write (default: OUT.report.html beside OUT.csv)")
     report.add_argument("--annotated", metavar="DIR",
                         help="the --annotate folder to link and embed (default: the one OUT.run.json records)")
+    review = commands.add_parser(
+        "review", help="check and correct the labels in the browser; --apply writes the corrected CSV",
+        description="Open a local page that shows every face of a finished CSV (least confident first; videos as "
+                    "track segments) to accept, relabel or mark 'not a face' with the keyboard. Every decision is "
+                    "saved to OUT.review.csv at once; run it again to go on. --apply writes the CSV with the "
+                    "decisions applied. The page is served on 127.0.0.1 only, with a token in its URL.")
+    review.add_argument("csv", metavar="OUT.csv", help="a CSV written by fer-batch label (never modified)")
+    review.add_argument("--port", type=int, default=0, metavar="P",
+                        help="the port on 127.0.0.1 to serve the page on (default 0: any free one)")
+    review.add_argument("--no-browser", dest="browser", action="store_false",
+                        help="do not open a browser; only print the page's URL (with its token)")
+    review.add_argument("--apply", action="store_true",
+                        help="no page: write the CSV with the decisions of OUT.review.csv applied (to -o)")
+    review.add_argument("-o", "--output", metavar="REVIEWED.csv",
+                        help="with --apply: the file to write (default: OUT.reviewed.csv beside OUT.csv)")
     return parser
 
 
@@ -138,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "report":
         return _report(args)
+    if args.command == "review":
+        return _review(args)
     return _summarize(args) if args.command == "summarize" else _label(args)
 
 
@@ -178,6 +195,32 @@ def _report(args) -> int:
         return 2
     print(f"fer-batch: wrote {written}", file=sys.stderr)
     return 0
+
+
+def _review(args) -> int:
+    from fer_batch.review.decisions import apply_review
+    from fer_batch.review.items import ReviewError, reviewed_path
+    from fer_batch.review.server import serve
+
+    if args.output and not args.apply:
+        print("fer-batch: error: -o/--output is for --apply (the page itself writes only OUT.review.csv)",
+              file=sys.stderr)
+        return 2
+    if not 0 <= args.port <= 65535:
+        print("fer-batch: error: --port must lie in 0..65535 (0: any free port)", file=sys.stderr)
+        return 2
+    try:
+        if args.apply:
+            applied = apply_review(args.csv, args.output or reviewed_path(args.csv))
+            print(f"fer-batch: wrote {applied.output}: {applied.format()}", file=sys.stderr)
+            return 0
+        return serve(args.csv, port=args.port, open_browser=args.browser)
+    except ReviewError as error:
+        print(f"fer-batch: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # while reading the CSV, before the page was served
+        print("\nfer-batch: interrupted", file=sys.stderr)
+        return 130
 
 
 def _label(args) -> int:

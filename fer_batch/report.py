@@ -102,6 +102,8 @@ def read_stats(csv_path: str | Path) -> dict[str, SourceStats]:
             raise ValueError(f"{csv_path}: not a fer-batch CSV (missing column(s) {', '.join(missing)})")
         col = {name: header.index(name) for name in _REQUIRED}
         emotion_columns = [col[e] for e in EMOTIONS]
+        reviewed = "decided_by" in header and "emotion" in header  # fer-batch review --apply wrote it
+        decided_by, emotion = (header.index("decided_by"), header.index("emotion")) if reviewed else (None, None)
         for values in reader:
             if len(values) < len(header):
                 continue  # a torn last line of an interrupted run
@@ -117,11 +119,15 @@ def read_stats(csv_path: str | Path) -> dict[str, SourceStats]:
             time_text = values[col["time_s"]]
             if time_text:
                 source.end_s = max(source.end_s, float(time_text))
+            if status == "not_a_face":  # a person said so (fer-batch review): not a face, not a missed one
+                continue
             if status != "ok":
                 source.no_face += 1
                 continue
             probabilities = np.array([float(values[c]) for c in emotion_columns])
             top = int(probabilities.argmax())
+            if decided_by is not None and values[decided_by] == "person":
+                top = EMOTIONS.index(values[emotion])  # the person's label, not the model's
             track_id = values[col["track"]]
             track = source.tracks.get(track_id)
             if track is None:
@@ -290,8 +296,9 @@ def _run_section(info: dict | None) -> str:
     html = ['<h2 id="run">Run</h2><div class="columns"><div><table>', *rows, "</table></div>"]
     for key, title in (("settings", "Settings"), ("versions", "Versions")):
         if isinstance(info.get(key), dict) and info[key]:
+            values = _effective_settings(info) if key == "settings" else info[key]
             html.append(f"<div><h3>{title}</h3><table>" + "".join(
-                f"<tr><th>{escape(str(k))}</th><td>{escape(_short(v))}</td></tr>" for k, v in info[key].items()) +
+                f"<tr><th>{escape(str(k))}</th><td>{escape(_short(v))}</td></tr>" for k, v in values.items()) +
                 "</table></div>")
     model = info.get("model")
     if isinstance(model, dict) and model:
@@ -306,6 +313,18 @@ def _run_section(info: dict | None) -> str:
         html.append("</table></div>")
     html.append("</div>")
     return "".join(html)
+
+
+def _effective_settings(info: dict) -> dict:
+    """The run's settings with the model and precision it used in place of the options' null (the defaults):
+    the model file and its precision, from run.json's model record."""
+    settings = dict(info["settings"])
+    model = info.get("model") if isinstance(info.get("model"), dict) else {}
+    if settings.get("model") is None and model.get("path"):
+        settings["model"] = str(model["path"])
+    if settings.get("precision") is None and model.get("precision"):
+        settings["precision"] = str(model["precision"])
+    return settings
 
 
 def _short(value) -> str:

@@ -3,7 +3,8 @@
 One row per image (all its faces) and per video track: analysed frames, first and last time, the dominant
 emotion (the one that is the top label in most analysed frames; ties go to the higher mean probability), the mean
 probability of each emotion, and the share of analysed frames - equally spaced, so the share of analysed time -
-in which each emotion is the top label.
+in which each emotion is the top label. On a reviewed CSV (``fer-batch review --apply``) the top label is the
+person's where one decided, and rows a person marked ``not_a_face`` are left out, like every row that is not ok.
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ def summarize(rows: list[dict[str, str]]) -> list[dict[str, str]]:
         probabilities = np.array([[float(r[e]) for e in EMOTIONS] for r in members])
         frames = {r["frame"] for r in members}
         times = [float(r["time_s"]) for r in members if r["time_s"]]
-        top = probabilities.argmax(axis=1)
+        # A reviewed CSV (fer-batch review --apply): where a person decided, the top label is theirs.
+        top = np.array([EMOTIONS.index(r["emotion"]) if r.get("decided_by") == "person" else int(model_top)
+                        for r, model_top in zip(members, probabilities.argmax(axis=1))])
         share = np.bincount(top, minlength=len(EMOTIONS)) / len(members)
         mean = probabilities.mean(axis=0)
         dominant = max(range(len(EMOTIONS)), key=lambda i: (share[i], mean[i]))

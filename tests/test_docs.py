@@ -23,7 +23,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-FER_BATCH_COMMANDS = ("label", "summarize", "report")
+FER_BATCH_COMMANDS = ("label", "summarize", "report", "review")
 
 OPTION = re.compile(r"(?<![\w-])--[a-z0-9][a-z0-9-]*")
 CODE_SPAN = re.compile(r"`([^`]+)`")
