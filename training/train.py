@@ -309,11 +309,13 @@ def choose_prior_power(config: TrainConfig, probabilities: np.ndarray, fer_label
     return best[1], best[2]
 
 
-def _make_scores_callback(config: TrainConfig, dataset: fer_data.Dataset, prior: np.ndarray):
+def _make_scores_callback(config: TrainConfig, dataset: fer_data.Dataset, prior: np.ndarray, flip: bool = False):
     """Per epoch, before the run folder's callback: PublicTest's figures into the logs (log.csv) from one pass over
     it - ``val_loss`` and ``val_accuracy`` on FER's labels (what Keras' own validation would give), FER+'s figures,
     and the score that chooses the checkpoint (``selection``). With ``--logit-adjust`` the figures are those of the
-    best output shift (``prior_power``, see choose_prior_power), the one export bakes in."""
+    best output shift (``prior_power``, see choose_prior_power), the one export bakes in. ``flip``: each face's
+    probabilities averaged with its mirror image's, as the exported model will compute them (a run that starts
+    from a model with mirror averaging exports with it)."""
     import keras
 
     images, fer_labels = dataset.split("PublicTest")
@@ -329,6 +331,9 @@ def _make_scores_callback(config: TrainConfig, dataset: fer_data.Dataset, prior:
     class Scores(keras.callbacks.Callback):
         def score(self) -> dict:
             probabilities = np.asarray(self.model.predict(batch, batch_size=512, verbose=0), np.float32)
+            if flip:
+                mirrored = np.asarray(self.model.predict(batch[:, :, ::-1], batch_size=512, verbose=0), np.float32)
+                probabilities = (probabilities + mirrored) / 2
             shift = {}
             if config.logit_adjust > 0:
                 from training.losses import adjust_probabilities
@@ -431,9 +436,11 @@ def train(config: TrainConfig, resume: bool = False, command: str | None = None)
                   jit_compile=keras.backend.backend() != "tensorflow")
     log.info("model %s: %d parameters, backend %s on %s, precision %s, %d steps per epoch", model.name,
              model.count_params(), keras.backend.backend(), _accelerator() or "cpu", policy, steps)
+    # PublicTest is scored as the exported model will run: with mirror averaging where the starting model had it.
+    flip = bool(state.get("init", {}).get("test_time_flip_averaging", False))
     if state["epochs_done"] < config.epochs:
         model.fit(train_data, epochs=config.epochs, initial_epoch=state["epochs_done"],
-                  callbacks=[_make_scores_callback(config, dataset, train_data.prior),
+                  callbacks=[_make_scores_callback(config, dataset, train_data.prior, flip),
                              _make_run_callback(run, config, state)],
                   shuffle=False,
                   verbose=1 if sys.stderr.isatty() else 2)
