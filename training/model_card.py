@@ -214,10 +214,11 @@ def _shift(run: dict) -> str:
     shift = run.get("output_shift")
     if not shift:
         return ""
+    chosen = "chosen on PublicTest by the run" if shift["chosen_on"] == "PublicTest" else \
+        "given to `fer-train export --prior-power` (chosen on PublicTest: `benchmarks/prior_powers.py`)"
     return (f"- Output shift: softmax(log p + {shift['prior_power']:g} log prior), the class prior being the Training "
             f"targets' class shares ({', '.join(f'{e} {p:.3f}' for e, p in zip(EMOTIONS, shift['class_prior']))}); "
-            f"P chosen on {shift['chosen_on']}, baked into the logits' bias by `fer-train export` (no cost per "
-            f"face).\n")
+            f"P {chosen}, baked into the logits' bias (no cost per face).\n")
 
 
 def _chain(training: dict) -> str:
