@@ -8,7 +8,7 @@ import sys
 from fer_batch.annotate import CODECS
 from fer_batch.classify import PRECISIONS
 from fer_batch.config import LabelConfig
-from fer_batch.detect import DETECTORS
+from fer_batch.detect import DETECTOR_PRECISIONS, DETECTORS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--detector", choices=DETECTORS, default="retinaface",
                        help="retinaface (default): accurate, with landmarks; haar: OpenCV's cascade; none: each "
                             "image is one pre-cropped face")
+    label.add_argument("--detector-precision", choices=DETECTOR_PRECISIONS, default=LabelConfig.detector_precision,
+                       help="which copy of RetinaFace: int8 (default): its finer pyramid levels in INT8, 1.3x "
+                            "faster and the same faces on the benchmarks (docs/performance.md); float: the float "
+                            "network as up to 0.4")
     label.add_argument("--model", help="an emotion ONNX model with fer-batch metadata, used as given (default: the "
                                        "bundled one, in --precision)")
     label.add_argument("--precision", choices=PRECISIONS, default=None,
@@ -246,7 +250,8 @@ def _label(args) -> int:
         print("fer-batch: error: --precision picks a copy of the bundled model; a --model file is used as given, so "
               "give one or the other", file=sys.stderr)
         return 2
-    config = LabelConfig(model=args.model, precision=args.precision, detector=args.detector, align=args.align,
+    config = LabelConfig(model=args.model, precision=args.precision, detector=args.detector,
+                         detector_precision=args.detector_precision, align=args.align,
                          every=args.every, detect_every=args.detect_every,
                          min_face=args.min_face, face_threshold=args.face_threshold, detect_size=args.detect_size,
                          threads=args.threads, workers=args.workers, engine=args.engine,

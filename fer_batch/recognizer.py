@@ -46,11 +46,13 @@ class EmotionRecognizer:
 
     def __init__(self, model: str | Path | None = None, detector: str = "retinaface", align: bool = False,
                  face_threshold: float = 0.8, min_face: float = 20.0, detect_size: int = 640, threads: int = 0,
-                 providers: list[str] | None = None, precision: str | None = None):
+                 providers: list[str] | None = None, precision: str | None = None,
+                 detector_precision: str | None = None):
         # model: a file used as given; else the bundled model in precision ("int8", the default, or "float").
         self.classifier = EmotionClassifier(resolve_model(model, precision), threads=threads, providers=providers)
+        # detector_precision: RetinaFace's copy ("int8", the default, or "float"; fer_batch.detect)
         self.detector = make_detector(detector, threshold=face_threshold, min_face=min_face, max_side=detect_size,
-                                      threads=threads, providers=providers)
+                                      threads=threads, providers=providers, precision=detector_precision)
         self.align = align
         # How a detector's boxes relate to FER's framing (see fer_batch.crop.crop_face).
         self.framing = ("haar" if isinstance(self.detector, HaarDetector) else

@@ -382,9 +382,14 @@ def _environment() -> dict:
 
 # The settings that decide what a row says, and their options: a resumed run must use the interrupted run's, or
 # one CSV would hold rows of two different analyses. Engines, workers, lanes, threads and batches only change speed.
-ROW_SETTINGS = {"detector": "--detector", "align": "--align", "every": "--every", "detect_every": "--detect-every",
-                "min_face": "--min-face", "face_threshold": "--face-threshold", "detect_size": "--detect-size",
-                "smooth": "--smooth", "track_gap": "track_gap (LabelConfig)"}
+ROW_SETTINGS = {"detector": "--detector", "detector_precision": "--detector-precision", "align": "--align",
+                "every": "--every", "detect_every": "--detect-every", "min_face": "--min-face",
+                "face_threshold": "--face-threshold", "detect_size": "--detect-size", "smooth": "--smooth",
+                "track_gap": "track_gap (LabelConfig)"}
+
+
+# What runs recorded in OUT.run.json before a setting existed used: 0.4 and earlier ran RetinaFace in float.
+SETTINGS_BEFORE_RECORDED = {"detector_precision": "float"}
 
 
 def _model_record(config: LabelConfig) -> dict:
@@ -413,6 +418,7 @@ def _check_resume_settings(output, config: LabelConfig) -> None:
         raise UsageError(f"{path}: cannot read the interrupted run's settings ({error}); delete it to resume "
                          f"without checking them") from None
     now = asdict(config)
+    settings = {**SETTINGS_BEFORE_RECORDED, **settings}
     changed = [f"{option} {_shown(settings[key])} (now {_shown(now[key])})" for key, option in ROW_SETTINGS.items()
                if key in settings and settings[key] != now[key]]
     current = _model_record(config)

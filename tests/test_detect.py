@@ -1,6 +1,7 @@
 """fer_batch/detect.py: RetinaFace and Haar find the astronaut's face where it is; shapes at the edges; RetinaFace
 around known faces finds them as the whole-image search does, and a sequence of frames is searched in full only
-where it must be."""
+where it must be. fer_batch/detector_quant.py: the bundled INT8 copy finds the float network's faces on real
+photos, and its rearranged float graph computes the float network's numbers."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ from fer_batch.detect import (
     RetinaFaceDetector,
     WholeImageDetector,
     _regions,
+    box_iou,
+    int8_detector_path,
     make_detector,
 )
+from fer_batch.onnx import ModelError
 
 
 def iou(a, b) -> float:
@@ -28,7 +32,12 @@ def iou(a, b) -> float:
 
 @pytest.fixture(scope="module")
 def retinaface():
-    return RetinaFaceDetector()
+    return RetinaFaceDetector()  # the default: the INT8 copy
+
+
+@pytest.fixture(scope="module")
+def float_retinaface():
+    return RetinaFaceDetector(precision="float")
 
 
 def test_retinaface_finds_the_astronaut(retinaface, astronaut):
@@ -145,3 +154,98 @@ def test_sequence_searches_in_full_first_and_after_frames_without_faces(retinafa
     assert [len(d) for d in found] == [0, 2, 0, 1]
     np.testing.assert_array_equal(found[1].boxes, retinaface.detect(two).boxes)
     assert retinaface.detect_sequence([]) == []
+
+
+@pytest.fixture(scope="module")
+def real_photos():
+    """Photos and frames of real faces (scikit-image's astronaut and cameraman, its LFW faces) and without."""
+    from fer_batch.detector_quant import CHECK_SEED, real_images
+
+    return real_images(30, CHECK_SEED)
+
+
+def test_int8_copy_finds_the_float_networks_faces(retinaface, float_retinaface, real_photos, astronaut):
+    assert retinaface.precision == "int8" and float_retinaface.precision == "float"
+    assert retinaface.merged_output and not float_retinaface.merged_output
+    images = [*real_photos, astronaut]
+    faces = 0
+    for expected, got in zip(float_retinaface.detect_batch(images), retinaface.detect_batch(images)):
+        assert len(got) == len(expected)
+        for box, points, score in zip(expected.boxes, expected.landmarks, expected.scores):
+            match = int(np.argmax([box_iou(box, other) for other in got.boxes]))
+            assert box_iou(box, got.boxes[match]) > 0.9
+            assert abs(got.scores[match] - score) < 0.05
+            assert np.abs(got.landmarks[match] - points).max() < 0.1 * (box[2] - box[0])
+            faces += 1
+    assert faces >= 30  # real faces were there to compare
+    # Around known faces, too (videos between whole-frame searches).
+    frame = crowd(astronaut)
+    known = float_retinaface.detect(frame)
+    around, expected = retinaface.detect_around(frame, known.boxes), float_retinaface.detect_around(frame, known.boxes)
+    assert len(around) == len(expected) == 2
+    assert all(box_iou(a, b) > 0.9 for a, b in zip(around.boxes, expected.boxes))
+
+
+def test_the_bundled_int8_copy_is_the_recipe_of_detector_quant(real_photos):
+    import hashlib
+    import json
+
+    from retinaface.weights import WEIGHTS
+
+    from fer_batch import detector_quant
+
+    session = RetinaFaceDetector(threads=1).session
+    recipe = json.loads(session.get_modelmeta().custom_metadata_map["fer_batch.detector"])
+    assert recipe["source_sha256"] == hashlib.sha256(WEIGHTS).hexdigest()  # made from the graph we ship against
+    assert recipe["int8"]["prefixes"] == list(detector_quant.QUANTIZED_PREFIXES)
+    parity = recipe["parity"]
+    assert parity["same_presence"] >= detector_quant.MIN_SAME_PRESENCE and parity["mean_iou"] >= 0.95
+    # The module's own check passes on held-out real photos.
+    assert detector_quant.check_parity(int8_detector_path(), real_photos[:15])["same_presence"] == 1.0
+
+
+def test_rearranged_float_graph_computes_the_float_networks_numbers(tmp_path, float_retinaface, real_photos):
+    onnx = pytest.importorskip("onnx")  # the train extra
+    from fer_batch.detector_quant import rearrange
+
+    path = tmp_path / "rearranged.onnx"
+    onnx.save(rearrange(), str(path))
+    rearranged = RetinaFaceDetector(model=str(path), threshold=0.3)
+    reference = RetinaFaceDetector(precision="float", threshold=0.3)
+    faces = 0
+    for image in real_photos[:12]:
+        expected, got = reference.detect(image), rearranged.detect(image)
+        assert len(got) == len(expected)
+        np.testing.assert_allclose(got.boxes, expected.boxes, atol=0.01)
+        np.testing.assert_allclose(got.scores, expected.scores, atol=1e-4)
+        np.testing.assert_allclose(got.landmarks, expected.landmarks, atol=0.01)
+        faces += len(expected)
+    assert faces >= 10
+
+
+def test_detector_precision_and_model_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown detector precision 'fp16'"):
+        RetinaFaceDetector(precision="fp16")
+    with pytest.raises(ModelError, match="no such RetinaFace model file"):
+        RetinaFaceDetector(model=str(tmp_path / "missing.onnx"))
+    from fer_batch.classify import default_model_path
+
+    with pytest.raises(ModelError, match="not a RetinaFace graph"):
+        RetinaFaceDetector(model=str(default_model_path()))  # the emotion model: other outputs
+    assert make_detector("retinaface", precision="float").precision == "float"
+
+
+def test_resume_refuses_another_detector_precision(tmp_path):
+    import json
+
+    from fer_batch.config import LabelConfig, UsageError
+    from fer_batch.runner import _check_resume_settings
+
+    out = tmp_path / "out.csv"
+    # A run recorded before the setting existed ran the float detector.
+    (tmp_path / "out.run.json").write_text(json.dumps({"settings": {"detector": "retinaface"}, "model": {}}))
+    with pytest.raises(UsageError, match=r"--detector-precision float \(now int8\)"):
+        _check_resume_settings(out, LabelConfig())
+    _check_resume_settings(out, LabelConfig(detector_precision="float"))
+    (tmp_path / "out.run.json").write_text(json.dumps({"settings": {"detector_precision": "int8"}, "model": {}}))
+    _check_resume_settings(out, LabelConfig())
