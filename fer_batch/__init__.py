@@ -12,4 +12,4 @@ from fer_batch.recognizer import EmotionRecognizer, Face
 from fer_batch.runner import RunSummary, label_files
 
 __all__ = ["EMOTIONS", "EmotionClassifier", "EmotionRecognizer", "Face", "LabelConfig", "RunSummary", "label_files"]
-__version__ = "0.4.0"
+__version__ = "0.5.0"
