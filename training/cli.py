@@ -341,15 +341,16 @@ def _export(args) -> int:
 
 
 def _add_quantize(commands) -> None:
-    from training.quantize import CALIBRATION_FACES, MAX_MEAN_DIFFERENCE, MIN_AGREEMENT
+    from training.quantize import CALIBRATION_FACES, CONFIDENT, MAX_MEAN_DIFFERENCE, MIN_AGREEMENT
 
     parser = commands.add_parser(
         "quantize", help="write an INT8 copy of an exported ONNX model (onnxruntime static quantization)",
         description="Quantizes Conv, MatMul, Gemm, MaxPool and Relu (QDQ; uint8 activations, int8 per-channel "
                     "weights in 7 bits, which keeps AVX2 CPUs without VNNI from saturating), calibrated on Training "
                     "faces; keeps the model's metadata, then checks it against the float model on PublicTest faces "
-                    f"(same top class on at least {MIN_AGREEMENT:.0%}, mean |difference| at most "
-                    f"{MAX_MEAN_DIFFERENCE}).")
+                    f"(same top class on at least {MIN_AGREEMENT:.0%} of the faces the float model gives "
+                    f"{CONFIDENT:g} or more, mean |difference| at most {MAX_MEAN_DIFFERENCE}) and runs it in "
+                    "OpenCV's DNN.")
     parser.add_argument("model", help="the float .onnx file (from fer-train export)")
     parser.add_argument("-o", "--output", required=True, help="the .onnx file to write")
     parser.add_argument("--data", default=DEFAULT_DATA,
@@ -371,41 +372,61 @@ def _quantize(args) -> int:
 
 def _add_finetune(commands) -> None:
     from fer_batch.detect import DETECTORS
-    from training.finetune import FinetuneConfig
+    from training.finetune import FOLDS, MAX_STEPS, MIN_STEPS, PASSES, FinetuneConfig
 
     defaults = FinetuneConfig(photos="", out="")
     parser = commands.add_parser(
-        "finetune", help="fine-tune a model on your own photos, one folder per emotion",
-        description="PHOTOS holds one folder per emotion (angry, disgust, fear, happy, sad, surprise, neutral; any "
-                    "case), each with photos in any format fer-batch reads. The largest face of each photo is found "
-                    "and cut as `fer-batch label` does; photos without a face, or unreadable, are listed in "
-                    "RUN/photos.csv and on stderr. A share of each emotion's faces is held out to choose the epoch; "
-                    "per-class accuracy on it is printed before and after. The run folder is a training run like "
-                    "any other: `fer-train export RUN -o my.onnx`, then `fer-batch label --model my.onnx`.")
-    parser.add_argument("photos", metavar="PHOTOS", help="folder with one sub-folder of photos per emotion")
+        "finetune", help="fine-tune a model on your own photos (one folder per emotion) or a reviewed labelling CSV",
+        description="PHOTOS is a folder of one sub-folder per emotion (angry, disgust, fear, happy, sad, surprise, "
+                    "neutral; any case) of photos in any format fer-batch reads, whose largest face is found and cut "
+                    "as `fer-batch label` does; or a labelling CSV reviewed in the browser (`fer-batch review OUT.csv "
+                    "--apply -o REVIEWED.csv`), whose faces a person labelled are cut from their sources by the "
+                    "recorded boxes. Faces that cannot be used are listed in RUN/photos.csv and on stderr. Training "
+                    "is counted in steps of class-balanced, augmented batches; cross-validation chooses how many "
+                    "(none at all, if training does not help), then every photo trains for that many. Per-class "
+                    "recall before and after is printed on the cross-validated predictions: each photo judged by a "
+                    "model that never trained on it. Then `fer-train export RUN -o my.onnx` and `fer-batch label "
+                    "--model my.onnx`.")
+    parser.add_argument("photos", metavar="PHOTOS",
+                        help="folder with one sub-folder of photos per emotion, or a reviewed labelling CSV")
     parser.add_argument("--out", required=True, help="run folder to create")
     parser.add_argument("--init", metavar="MODEL.onnx",
                         help="the fer-batch model to start from (default: the bundled float model)")
+    parser.add_argument("--root", metavar="DIR",
+                        help="a reviewed CSV: the folder its relative sources are read from, where `fer-batch label` "
+                             "ran (default: the current folder, then the CSV's own)")
     parser.add_argument("--fer2013", metavar="FILE",
-                        help="FER-2013 (fer2013.csv[.gz], an image-folder root or a `fer-train pack` file): mix its "
-                             "Training faces in, so the model keeps more of what it knew (default: off, the photos "
-                             "alone)")
-    parser.add_argument("--fer2013-per-photo", type=float, default=defaults.fer2013_per_photo, metavar="N",
-                        help=f"with --fer2013: FER-2013 faces per training photo (default "
-                             f"{defaults.fer2013_per_photo:g})")
-    parser.add_argument("--validation", type=float, default=defaults.validation_share, metavar="SHARE",
-                        help=f"share of each emotion's faces held out to choose the epoch, seeded (default "
-                             f"{defaults.validation_share:g}; at least one of an emotion with two or more)")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help=f"default {defaults.epochs}")
+                        help="FER-2013 (fer2013.csv[.gz], an image-folder root or a `fer-train pack` file): its "
+                             "Training faces fill part of every batch, with the starting model's own probabilities "
+                             "as targets, so the model keeps its answers on faces unlike yours (default: off)")
+    parser.add_argument("--fer2013-share", type=float, default=defaults.fer2013_share, metavar="SHARE",
+                        help=f"with --fer2013: share of each batch that is FER-2013 faces (default "
+                             f"{defaults.fer2013_share:g})")
+    parser.add_argument("--steps", type=int,
+                        help=f"training steps to try (default: {PASSES} passes over the photos, within "
+                             f"{MIN_STEPS}..{MAX_STEPS}; the environment variable FER_FINETUNE_STEPS sets it too)")
+    parser.add_argument("--folds", type=int, default=defaults.folds,
+                        help=f"cross-validation folds that choose the step count among 0, 1/4 .. all of --steps "
+                             f"(default {FOLDS}; 0: train --steps on every photo without choosing, and no "
+                             f"before/after)")
     parser.add_argument("--lr", type=float, default=defaults.learning_rate,
-                        help=f"Adam's learning rate, cosine-decayed to zero over the epochs (default "
+                        help=f"Adam's learning rate, constant after a short warm-up (default "
                              f"{defaults.learning_rate:g})")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
-                        help=f"default {defaults.batch_size} (or the number of training faces, if fewer)")
+                        help=f"default {defaults.batch_size} (or the number of faces, if fewer)")
+    parser.add_argument("--train-batch-norms", action="store_true",
+                        help="let the batch norms learn too (default: they keep the statistics the model was "
+                             "trained with)")
+    parser.add_argument("--no-augment", action="store_true", help="train without the photo augmentation")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=defaults.precision,
+                        help="auto (default): bf16 mixed precision where the CPU computes bf16 natively, else fp32")
     parser.add_argument("--seed", type=int, default=defaults.seed, help=f"default {defaults.seed}")
-    detection = parser.add_argument_group("face detection (as `fer-batch label`'s options)")
+    detection = parser.add_argument_group("face detection and crop (as `fer-batch label`'s options; for a reviewed "
+                                          "CSV, give those its labelling run had)")
     detection.add_argument("--detector", choices=DETECTORS, default=defaults.detector.detector,
                            help="retinaface (default); haar; none: each photo is one pre-cropped face")
+    detection.add_argument("--align", action="store_true",
+                           help="level the eyes on the detector's landmarks (default: off, as fer-batch label)")
     detection.add_argument("--face-threshold", type=float, default=defaults.detector.face_threshold, metavar="P",
                            help=f"default {defaults.detector.face_threshold}")
     detection.add_argument("--min-face", type=float, default=defaults.detector.min_face, metavar="PX",
@@ -419,21 +440,27 @@ def _finetune(args) -> int:
     from fer_batch.config import LabelConfig
     from training.finetune import FinetuneConfig, finetune
 
-    detector = LabelConfig(detector=args.detector, face_threshold=args.face_threshold, min_face=args.min_face,
-                           detect_size=args.detect_size)
-    config = FinetuneConfig(photos=args.photos, out=args.out, init=args.init, fer2013=args.fer2013,
-                            fer2013_per_photo=args.fer2013_per_photo, validation_share=args.validation,
-                            epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size, seed=args.seed,
-                            detector=detector)
+    detector = LabelConfig(detector=args.detector, align=args.align, face_threshold=args.face_threshold,
+                           min_face=args.min_face, detect_size=args.detect_size)
+    config = FinetuneConfig(photos=args.photos, out=args.out, init=args.init, root=args.root, fer2013=args.fer2013,
+                            fer2013_share=args.fer2013_share, steps=args.steps, folds=args.folds,
+                            learning_rate=args.lr, batch_size=args.batch_size,
+                            train_batch_norms=args.train_batch_norms, augment=not args.no_augment,
+                            precision=args.precision, seed=args.seed, detector=detector)
     report = finetune(config, command=args.command_line)
-    print(f"accuracy per class on the {report['validation_faces']} held-out photos, before (the starting model) "
-          f"and after (the chosen epoch):")
+    if report["folds"]:
+        print(f"recall per class on the {report['faces']} faces, each predicted by a model that never trained on it "
+              f"({report['folds']}-fold cross-validation): before (the starting model) and after "
+              f"({report['steps']} steps, chosen among {', '.join(report['cross_validation'])})")
+    else:
+        print(f"recall per class on the {report['faces']} faces, by the starting model ({report['steps']} steps "
+              f"trained without cross-validation: no honest after)")
     print(report["table"])
-    if report["accuracy_after"] <= report["accuracy_before"]:
-        print(f"fer-train finetune: the fine-tuned model is no better than {report['init']} on the held-out photos",
-              file=sys.stderr)
-    print(f"next: fer-train export {args.out} -o my.onnx --data {Path(args.out) / 'faces.npz'}; then "
-          f"fer-batch label PHOTOS -o out.csv --model my.onnx", file=sys.stderr)
+    if report["folds"] and report["steps"] == 0:
+        print(f"fer-train finetune: training did not help on the cross-validated faces: {args.out} holds "
+              f"{report['init']} unchanged", file=sys.stderr)
+    print(f"next: fer-train export {args.out} -o my.onnx; then fer-batch label PHOTOS -o out.csv --model my.onnx",
+          file=sys.stderr)
     return 0
 
 
