@@ -97,7 +97,9 @@ def _opencv_reason(error: Exception) -> str:
     return next((line for line in lines if line.startswith("Node [")), " ".join(filter(None, lines)))[:300]
 
 
-def run_opencv(path: Path, pixels: np.ndarray, batches: list[int]) -> tuple[str, dict[int, np.ndarray]]:
+def run_opencv(path: Path, pixels: np.ndarray, batches: list[int],
+               feed: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[str, dict[int, np.ndarray]]:
+    """OpenCV DNN on the faces as the graph's input says, NHWC (N, 48, 48, 1), or as ``feed`` makes them."""
     import cv2
 
     cv2.setNumThreads(1)
@@ -106,7 +108,7 @@ def run_opencv(path: Path, pixels: np.ndarray, batches: list[int]) -> tuple[str,
         opencv_logging.setLogLevel(opencv_logging.LOG_LEVEL_SILENT)  # a failure is reported in the table instead
 
     def forward(x: np.ndarray) -> np.ndarray:
-        net.setInput(x)  # NHWC (N, 48, 48, 1), as the graph's input says; an NCHW blob gives wrong numbers
+        net.setInput(feed(x) if feed else x)
         return net.forward()
 
     try:
@@ -121,15 +123,7 @@ def run_opencv_nchw_blob(path: Path, pixels: np.ndarray, batches: list[int]) -> 
     and a wrong one for this NHWC graph (kept in the table to show how wrong)."""
     import cv2
 
-    def forward(x: np.ndarray) -> np.ndarray:
-        net.setInput(cv2.dnn.blobFromImages(list(x[..., 0])))
-        return net.forward()
-
-    try:
-        net = cv2.dnn.readNetFromONNX(str(path))
-        return cv2.__version__, {batch: in_batches(forward, pixels, batch) for batch in batches}
-    except cv2.error as error:
-        raise RuntimeFailed(_opencv_reason(error), cv2.__version__) from None
+    return run_opencv(path, pixels, batches, lambda x: cv2.dnn.blobFromImages(list(x[..., 0])))
 
 
 def openvino_runner(precision: str | None) -> Callable:
