@@ -209,3 +209,40 @@ def test_kill_9_mid_review_loses_nothing_and_two_tabs_agree(browser, labelled, t
     with open(applied, newline="", encoding="utf-8") as handle:
         assert list(csv.reader(handle)) == expected_applied(
             rows, {key: decision for key, (_, decision) in final_decisions(made).items()})
+
+
+def test_the_loop_label_review_apply_finetune_export_label(browser, labelled, tmp_path):  # noqa: F811
+    """The whole loop on real faces: a person labels every face "sad" in the page, --apply writes the reviewed CSV,
+    fer-train finetune learns from it, export writes the model, and fer-batch label with that model calls the
+    photos' faces what the person called them."""
+    pytest.importorskip("tensorflow")
+    import subprocess
+    import sys
+
+    from conftest import REPO, run_cli
+
+    csv_path = fresh_copy(labelled, tmp_path / "run")
+    with ReviewServer(csv_path) as server, opened(browser, server.url) as page:
+        left = int(page.inner_text("#count-left"))
+        for count in range(1, left + 1):
+            page.keyboard.press("5")  # sad
+            saved(page, count)
+        assert page.inner_text("#count-left") == "0"
+    reviewed = tmp_path / "reviewed.csv"
+    assert run_cli("review", str(csv_path), "--apply", "-o", str(reviewed)).returncode == 0
+    people = [row for row in read_csv(reviewed) if row["decided_by"] == "person" and row["status"] == "ok"]
+    assert people and all(row["emotion"] == "sad" for row in people)
+
+    run, model = tmp_path / "mine", tmp_path / "mine.onnx"
+    for args in (["finetune", str(reviewed), "--out", str(run), "--steps", "60", "--folds", "0", "--lr", "3e-4"],
+                 ["export", str(run), "-o", str(model)]):
+        result = subprocess.run([sys.executable, "-m", "training", *args], capture_output=True, text=True,
+                                cwd=REPO, timeout=400)
+        assert result.returncode == 0, result.stderr[-3000:]
+    photos = sorted({row["source"] for row in people if not row["frame"]})
+    again = tmp_path / "again.csv"
+    assert run_cli("label", *photos, "-o", str(again), "--model", str(model), "--quiet").returncode == 0
+    labels = [row["emotion"] for row in read_csv(again) if row["status"] == "ok"]
+    before = [row["model_emotion"] for row in people if not row["frame"]]
+    assert len(labels) == len(before) >= 5
+    assert sum(label == "sad" for label in labels) >= max(len(labels) - 1, sum(b == "sad" for b in before) + 2)
