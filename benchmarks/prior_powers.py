@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.export import load_float32
     from training.losses import adjust_probabilities
     from training.model import precision_policy
-    from training.train import TrainConfig, public_test_scores, selection_score
+    from training.train import TrainConfig, predict_faces, public_test_scores, selection_score
 
     state = json.loads((args.run / "state.json").read_text())
     if "class_prior" not in state:
@@ -47,10 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     ferplus = fer_data.ferplus_labels(dataset.votes("PublicTest"))[0]
     with precision_policy("float32"):
         model = load_float32(args.run / "best.keras")
-    batch = images.astype(np.float32)[..., None]
-    probabilities = np.asarray(model.predict(batch, batch_size=512, verbose=0))
-    if state.get("init", {}).get("test_time_flip_averaging"):
-        probabilities = (probabilities + np.asarray(model.predict(batch[:, :, ::-1], batch_size=512, verbose=0))) / 2
+    probabilities = predict_faces(model, images.astype(np.float32)[..., None],
+                                  flip=state.get("init", {}).get("test_time_flip_averaging", False))
     log_prior = np.log(np.asarray(state["class_prior"]))
     header = " ".join(f"{e[:7]:>7}" for e in EMOTIONS)
     print(f"{'P':>4} {'FER+':>6} {'mean':>6} {header} {'select':>7} {'FER':>6}")

@@ -215,7 +215,6 @@ def _from_onnx(path: Path, faces: np.ndarray):
     start = keras_from_onnx(path, faces)
     summary = dict(start.training)
     summary["re_exported_from"] = {"file": path.name, "sha256": sha256_of(path)}
-    summary.pop("opencv_dnn", None)
     return start.model, summary, start.test_time_flip_averaging
 
 
@@ -236,10 +235,10 @@ def export(model: str | Path, output: str | Path, data: str | Path | None = None
     with precision_policy("float32"):  # a process that trained in bf16 exports float32 all the same
         if Path(model).suffix == ".onnx":
             path = Path(model)
-            keras_model, summary, recorded_flip = _from_onnx(path, faces)
             if prior_power is not None:
                 raise ExportError(f"{path}: --prior-power applies to a run trained with --logit-adjust; an exported "
                                   "file's shift is already in its weights")
+            keras_model, summary, recorded_flip = _from_onnx(path, faces)
             tta_flip = recorded_flip if tta_flip is None else tta_flip
         else:
             path = resolve_model_path(model)

@@ -253,7 +253,7 @@ def _make_run_callback(run: Path, config: TrainConfig, state: dict):
             # last.keras is written after best.keras and before state.json: a crash leaves a consistent pair.
             self.model.save(run / "last.keras.tmp.keras")
             (run / "last.keras.tmp.keras").replace(run / "last.keras")
-            _write_json(run / "state.json", state)
+            write_json(run / "state.json", state)
             stopping = epoch + 1 - state["best_epoch"] >= config.patience
             if stopping:
                 log.info("no better PublicTest accuracy for %d epochs: stopping early", config.patience)
@@ -309,6 +309,16 @@ def choose_prior_power(config: TrainConfig, probabilities: np.ndarray, fer_label
     return best[1], best[2]
 
 
+def predict_faces(model, batch: np.ndarray, flip: bool = False) -> np.ndarray:
+    """A Keras model's probabilities (float32) for a batch (N, 48, 48, 1), averaged with the mirror images' where
+    ``flip`` (as an export with mirror averaging computes them)."""
+    probabilities = np.asarray(model.predict(batch, batch_size=512, verbose=0), np.float32)
+    if flip:
+        probabilities = (probabilities + np.asarray(model.predict(batch[:, :, ::-1], batch_size=512, verbose=0),
+                                                    np.float32)) / 2
+    return probabilities
+
+
 def _make_scores_callback(config: TrainConfig, dataset: fer_data.Dataset, prior: np.ndarray, flip: bool = False):
     """Per epoch, before the run folder's callback: PublicTest's figures into the logs (log.csv) from one pass over
     it - ``val_loss`` and ``val_accuracy`` on FER's labels (what Keras' own validation would give), FER+'s figures,
@@ -330,18 +340,16 @@ def _make_scores_callback(config: TrainConfig, dataset: fer_data.Dataset, prior:
 
     class Scores(keras.callbacks.Callback):
         def score(self) -> dict:
-            probabilities = np.asarray(self.model.predict(batch, batch_size=512, verbose=0), np.float32)
-            if flip:
-                mirrored = np.asarray(self.model.predict(batch[:, :, ::-1], batch_size=512, verbose=0), np.float32)
-                probabilities = (probabilities + mirrored) / 2
+            probabilities = predict_faces(self.model, batch, flip)
             shift = {}
             if config.logit_adjust > 0:
                 from training.losses import adjust_probabilities
 
-                power, _ = choose_prior_power(config, probabilities, fer_labels, ferplus, np.log(prior))
-                probabilities = adjust_probabilities(probabilities, np.log(prior), power)
+                power, scores = choose_prior_power(config, probabilities, fer_labels, ferplus, np.log(prior))
+                probabilities = adjust_probabilities(probabilities, np.log(prior), power)  # for val_loss
                 shift = {"prior_power": power}
-            scores = public_test_scores(probabilities, fer_labels, ferplus)
+            else:
+                scores = public_test_scores(probabilities, fer_labels, ferplus)
             return {"val_accuracy": scores["public_fer_accuracy"],
                     "val_loss": float(keras.ops.convert_to_numpy(loss(one_hot, probabilities))), **scores,
                     "selection": selection_score(config, scores), **shift}
@@ -376,7 +384,7 @@ def train(config: TrainConfig, resume: bool = False, command: str | None = None)
         if (run / "state.json").exists():
             raise FileExistsError(f"{run}: holds a run already; use --resume to continue it or pick another --out")
         run.mkdir(parents=True, exist_ok=True)
-        _write_json(run / "config.json", config.to_json())
+        write_json(run / "config.json", config.to_json())
         from fer_batch.system import describe_hardware
 
         state = {"epochs_done": 0, "best_val_accuracy": -1.0, "best_epoch": 0, "train_seconds": 0.0,
@@ -425,7 +433,7 @@ def train(config: TrainConfig, resume: bool = False, command: str | None = None)
                                  f"{config.arch} widths {list(config.widths)} (leave --widths out to keep the file's)")
             model.set_weights(start.model.get_weights())
             state["init"] = start.record()
-            _write_json(run / "state.json", state)
+            write_json(run / "state.json", state)
         optimizer = make_optimizer(config, steps)
     # On TensorFlow, XLA is slower than oneDNN on CPU (benchmarks/train_speed.py); JAX always compiles.
     if config.logit_adjust > 0:
@@ -445,13 +453,14 @@ def train(config: TrainConfig, resume: bool = False, command: str | None = None)
                   shuffle=False,
                   verbose=1 if sys.stderr.isatty() else 2)
     state["finished"] = True
-    _write_json(run / "state.json", state)
+    write_json(run / "state.json", state)
     log.info("done: best PublicTest accuracy %.4f at epoch %d; %s", state["best_val_accuracy"],
              state["best_epoch"], run / "best.keras")
     return run
 
 
-def _write_json(path: Path, values: dict) -> None:
+def write_json(path: Path, values: dict) -> None:
+    """``values`` as indented JSON at ``path``, replaced whole (a kill never leaves half a file)."""
     temporary = path.with_suffix(path.suffix + ".tmp")
     temporary.write_text(json.dumps(values, indent=2) + "\n")
     temporary.replace(path)
