@@ -30,6 +30,7 @@ from fer_batch.draw import hex_color, svg_legend, svg_shares, svg_timeline
 from fer_batch.labels import EMOTIONS
 from fer_batch.sources import InputError, kind_of, read_image
 from fer_batch.summary import run_info_path
+from fer_batch.writer import check_columns
 
 MAX_DETAILED = 30  # sources with a detailed section (video, thumbnails, timelines)
 MAX_TRACKS = 12  # tracks per detailed source shown with thumbnail and timeline (the longest ones)
@@ -97,9 +98,7 @@ def read_stats(csv_path: str | Path) -> dict[str, SourceStats]:
     with open(csv_path, newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle)
         header = next(reader, [])
-        missing = [c for c in _REQUIRED if c not in header]
-        if missing:
-            raise ValueError(f"{csv_path}: not a fer-batch CSV (missing column(s) {', '.join(missing)})")
+        check_columns(csv_path, header, _REQUIRED)
         col = {name: header.index(name) for name in _REQUIRED}
         emotion_columns = [col[e] for e in EMOTIONS]
         reviewed = "decided_by" in header and "emotion" in header  # fer-batch review --apply wrote it

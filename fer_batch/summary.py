@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_batch.labels import EMOTIONS
+from fer_batch.writer import check_columns
 
 SUMMARY_COLUMNS: tuple[str, ...] = ("source", "track", "frames", "faces", "first_s", "last_s", "dominant",
                                     *(f"mean_{e}" for e in EMOTIONS), *(f"share_{e}" for e in EMOTIONS))
@@ -38,9 +39,7 @@ def run_info_path(csv_path: str | Path) -> Path:
 def read_rows(csv_path: str | Path) -> list[dict[str, str]]:
     with open(csv_path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
-        missing = [c for c in ("source", "frame", "track", "status", *EMOTIONS) if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{csv_path}: not a fer-batch CSV (missing column(s) {', '.join(missing)})")
+        check_columns(csv_path, reader.fieldnames, ("source", "frame", "track", "status", *EMOTIONS))
         return list(reader)
 
 

@@ -21,6 +21,14 @@ COLUMNS: tuple[str, ...] = ("source", "frame", "time_s", "face", "track", "x", "
                             "emotion", "confidence", *EMOTIONS, "smooth_s", "status", "error")
 
 
+def check_columns(csv_path: str | Path, header: list[str] | None, required) -> None:
+    """Raise ValueError naming ``csv_path`` when its ``header`` lacks any of the ``required`` columns: a CSV that
+    fer-batch did not write (the readers of summarize, report and review share this check and its message)."""
+    missing = [column for column in required if column not in (header or [])]
+    if missing:
+        raise ValueError(f"{csv_path}: not a fer-batch CSV (missing column(s) {', '.join(missing)})")
+
+
 class OutputError(Exception):
     """The output file cannot be written, or exists and neither --resume nor --force was given."""
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from fer_batch.labels import EMOTIONS
 from fer_batch.sources import kind_of
+from fer_batch.writer import check_columns
 
 # Columns the review needs; the rest of a row (and any extra columns) is carried through untouched.
 REQUIRED = ("source", "frame", "time_s", "face", "track", "x", "y", "w", "h", "emotion", "confidence", "status",
@@ -66,10 +67,10 @@ class ReviewItems:
             with open(self.csv_path, "rb") as handle:
                 header_line = handle.readline()
                 header = next(csv.reader([header_line.decode("utf-8", "replace")]), [])
-                missing = [c for c in REQUIRED if c not in header]
-                if missing:
-                    raise ReviewError(f"{self.csv_path}: not a fer-batch CSV (missing column(s) "
-                                      f"{', '.join(missing)})")
+                try:
+                    check_columns(self.csv_path, header, REQUIRED)
+                except ValueError as error:
+                    raise ReviewError(str(error)) from None
                 if "decided_by" in header:
                     raise ReviewError(f"{self.csv_path}: already has decisions applied (fer-batch review --apply "
                                       f"wrote it); review the labelling CSV itself, its decisions are kept")
