@@ -44,6 +44,7 @@ from fer_batch.config import LabelConfig
 from fer_batch.labels import EMOTIONS
 from fer_batch.sources import IMAGE_SUFFIXES, InputError, kind_of, read_image
 from training.augment import AugmentConfig
+from training.train import write_json
 
 log = logging.getLogger(__name__)
 
@@ -682,7 +683,7 @@ def finetune(config: FinetuneConfig, command: str | None = None) -> dict:
         "cross_validation": {str(count): score for count, score in scores.items()},
         "batch_size": batch, "learning_rate": config.learning_rate, "train_batch_norms": config.train_batch_norms,
         "fer2013_share": config.fer2013_share if mix is not None else 0.0}
-    _write_json(run / "config.json", _train_config(config, run, init, batch, passes, policy).to_json())
+    write_json(run / "config.json", _train_config(config, run, init, batch, passes, policy).to_json())
     hardware = describe_hardware()
     state = {"epochs_done": passes, "best_epoch": passes, "train_seconds": round(train_seconds, 1),
              "best_val_accuracy": float((predicted_after == labels).mean()) if after is not None else -1.0,
@@ -690,7 +691,7 @@ def finetune(config: FinetuneConfig, command: str | None = None) -> dict:
              "sessions": [{"from_epoch": 0, "command": command or f"training.finetune.finetune(<{config.photos}>)",
                            "backend": keras.backend.backend(), "device": "cpu", "precision": policy,
                            "hardware": hardware}]}
-    _write_json(run / "state.json", state)
+    write_json(run / "state.json", state)
     report = {
         "photos": len(photos), "faces": len(kept),
         "skipped": [{"file": str(photo.path), **({"frame": photo.frame} if photo.frame is not None else {}),
@@ -707,7 +708,7 @@ def finetune(config: FinetuneConfig, command: str | None = None) -> dict:
         "table": accuracy_table(labels, predicted_before, predicted_after), "precision": policy,
         "config": {**asdict(config), "detector": {key: getattr(settings, key) for key in DETECTOR_SETTINGS}},
         "train_seconds": round(train_seconds), "seconds": round(time.time() - started)}
-    _write_json(run / REPORT_FILE, report)
+    write_json(run / REPORT_FILE, report)
     return report
 
 
@@ -753,12 +754,6 @@ def _train_config(config: FinetuneConfig, run: Path, init: Path, batch: int, pas
         label_smoothing=LABEL_SMOOTHING, seed=config.seed, patience=passes,
         precision="bf16" if policy == "mixed_bfloat16" else "fp32",
         augment=PHOTO_AUGMENT if config.augment else AugmentConfig.none())
-
-
-def _write_json(path: Path, values: dict) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(values, indent=2) + "\n")
-    temporary.replace(path)
 
 
 def write_photos_csv(photos: list[Photo], path: Path) -> None:
