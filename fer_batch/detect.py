@@ -33,15 +33,6 @@ def int8_detector_path() -> Path:
     return repository if repository.exists() else packaged
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two boxes x1 y1 x2 y2."""
-    width = max(0.0, float(min(a[2], b[2]) - max(a[0], b[0])))
-    height = max(0.0, float(min(a[3], b[3]) - max(a[1], b[1])))
-    inter = width * height
-    union = float((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])) - inter
-    return inter / union if union > 0 else 0.0
-
-
 @dataclass
 class Detections:
     boxes: np.ndarray  # (N, 4) float32 x1, y1, x2, y2

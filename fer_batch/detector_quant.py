@@ -320,7 +320,8 @@ def check_parity(model_path: Path, images: list[np.ndarray]) -> dict:
     """Faces of the copy at ``model_path`` against the float graph's on ``images``: the share of images where
     both find a face or neither does, the faces matched (IoU >= 0.5) and their mean IoU; DetectorQuantError below
     MIN_SAME_PRESENCE or MIN_MEAN_IOU."""
-    from fer_batch.detect import RetinaFaceDetector, box_iou
+    from fer_batch.detect import RetinaFaceDetector
+    from fer_batch.track import iou
 
     reference = RetinaFaceDetector(precision="float", threads=1)
     candidate = RetinaFaceDetector(model=str(model_path), threads=1)
@@ -331,7 +332,7 @@ def check_parity(model_path: Path, images: list[np.ndarray]) -> dict:
         same += (len(expected) > 0) == (len(got) > 0)
         faces += len(expected)
         for box in expected.boxes:
-            best = max((box_iou(box, other) for other in got.boxes), default=0.0)
+            best = max((iou(box, other) for other in got.boxes), default=0.0)
             if best >= 0.5:
                 matched += 1
                 overlaps.append(best)

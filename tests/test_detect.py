@@ -17,17 +17,11 @@ from fer_batch.detect import (
     RetinaFaceDetector,
     WholeImageDetector,
     _regions,
-    box_iou,
     int8_detector_path,
     make_detector,
 )
 from fer_batch.onnx import ModelError
-
-
-def iou(a, b) -> float:
-    x1, y1, x2, y2 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0, x2 - x1) * max(0, y2 - y1)
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+from fer_batch.track import iou
 
 
 @pytest.fixture(scope="module")
@@ -172,8 +166,8 @@ def test_int8_copy_finds_the_float_networks_faces(retinaface, float_retinaface, 
     for expected, got in zip(float_retinaface.detect_batch(images), retinaface.detect_batch(images)):
         assert len(got) == len(expected)
         for box, points, score in zip(expected.boxes, expected.landmarks, expected.scores):
-            match = int(np.argmax([box_iou(box, other) for other in got.boxes]))
-            assert box_iou(box, got.boxes[match]) > 0.9
+            match = int(np.argmax([iou(box, other) for other in got.boxes]))
+            assert iou(box, got.boxes[match]) > 0.9
             assert abs(got.scores[match] - score) < 0.05
             assert np.abs(got.landmarks[match] - points).max() < 0.1 * (box[2] - box[0])
             faces += 1
@@ -183,7 +177,7 @@ def test_int8_copy_finds_the_float_networks_faces(retinaface, float_retinaface, 
     known = float_retinaface.detect(frame)
     around, expected = retinaface.detect_around(frame, known.boxes), float_retinaface.detect_around(frame, known.boxes)
     assert len(around) == len(expected) == 2
-    assert all(box_iou(a, b) > 0.9 for a, b in zip(around.boxes, expected.boxes))
+    assert all(iou(a, b) > 0.9 for a, b in zip(around.boxes, expected.boxes))
 
 
 def test_the_bundled_int8_copy_is_the_recipe_of_detector_quant(real_photos):

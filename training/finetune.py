@@ -43,6 +43,7 @@ import numpy as np
 from fer_batch.config import LabelConfig
 from fer_batch.labels import EMOTIONS
 from fer_batch.sources import IMAGE_SUFFIXES, InputError, kind_of, read_image
+from fer_batch.track import iou
 from training.augment import AugmentConfig
 from training.train import write_json
 
@@ -349,19 +350,11 @@ def crop_at_box(image_bgr: np.ndarray, box: tuple[float, float, float, float], r
     if recognizer.align and hasattr(recognizer.detector, "detect_around"):
         found = recognizer.detector.detect_around(image_bgr, corners[None])
         if len(found):
-            overlaps = _iou(found.boxes, corners)
+            overlaps = [iou(found_box, corners) for found_box in found.boxes]
             best = int(np.argmax(overlaps))
             if overlaps[best] >= 0.5:
                 corners, landmarks = found.boxes[best], found.landmarks[best]
     return crop_face(to_grey(image_bgr), corners, landmarks, align=recognizer.align, framing=recognizer.framing)
-
-
-def _iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
-    x1, y1 = np.maximum(boxes[:, 0], box[0]), np.maximum(boxes[:, 1], box[1])
-    x2, y2 = np.minimum(boxes[:, 2], box[2]), np.minimum(boxes[:, 3], box[3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / np.maximum(area + (box[2] - box[0]) * (box[3] - box[1]) - inter, 1e-6)
 
 
 def _frame_runs(frames: list[int]) -> list[tuple[int, int]]:
